@@ -1,0 +1,233 @@
+"""The inference engine: token ids in, token events out, with continuous batching.
+
+    eng = Engine(model, tokenizer, max_batch_size=8)
+    rid = eng.add_request(prompt_ids, SamplingParams(temperature=0.8, top_k=50, max_tokens=256))
+    while eng.has_work():
+        for ev in eng.step():          # TokenEvent(request_id, token_id, forced, finish_reason, sample_index)
+            ...
+    eng.generate(prompt_ids, params)   # blocking: list of completions (token ids), one per sample
+
+One `step()` is one of two things (prefill first, as vLLM's scheduler does, so a new request's first token is
+not held back by a decode step of the whole batch):
+- if waiting requests fit into free cache slots: prefill them (one forward per prompt, straight into its slot;
+  num_samples > 1 copy the prefilled row) and emit each completion's first token;
+- else one batched decode step over all running rows: feed each row's last token, emit the next one.
+Cancelled requests leave and finished ones free their slots at the step boundary, so a new request joins the
+running batch as soon as a slot is free. Per-token work is kept to list appends; the device is synced once
+per step (the chosen token ids), never per row.
+
+The engine is single-threaded: call it from one thread (AsyncEngine runs it in its own thread for asyncio
+servers). It works on token ids only; `raychat.engine.chat` renders conversations and decodes text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence as Seq
+from dataclasses import dataclass
+
+from raychat.common import RaychatError
+from raychat.engine.runner import ModelRunner
+from raychat.engine.sampling import SamplingParams, make_rng
+from raychat.engine.scheduler import Scheduler
+from raychat.engine.sequence import Request, Specials, TokenEvent
+
+
+class ContextLengthError(RaychatError):
+    """The prompt does not fit the engine's context (serve maps it to `context_length_exceeded`)."""
+
+
+@dataclass
+class Completion:
+    """One finished completion: generated ids without the final stop token, which ids were forced tool output
+    (mask 0, nanochat's convention for RL/SFT: forced tokens are not trained on), and why it ended."""
+
+    tokens: list[int]
+    mask: list[int]
+    finish_reason: str
+    stop_token: int | None = None
+
+
+def _default_tool(expr: str) -> str:
+    from raychat.tools.calculator import calculate  # imported on the first tool call only
+
+    return calculate(expr)
+
+
+class Engine:
+    def __init__(self, model, tokenizer=None, max_batch_size: int = 8, max_seq_len: int | None = None,
+                 tool_fn: Callable[[str], str] | None = _default_tool, decode_rows: str = "prefix",
+                 max_prefill_tokens: int = 4096):
+        """tokenizer: a raychat Tokenizer (enables tool use: expressions are decoded and results encoded with
+        it) or a dict {special token name: id} (no tool use). max_seq_len: KV-cache positions per row,
+        default the model's sequence_len. tool_fn: expression -> result text (default: the calculator);
+        None disables tool use."""
+        if max_batch_size < 1:
+            raise RaychatError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model = model
+        self.tokenizer = None if tokenizer is None or isinstance(tokenizer, dict) else tokenizer
+        self.specials = Specials.from_tokenizer(tokenizer) if tokenizer is not None else Specials(None, None)
+        self.max_seq_len = int(max_seq_len or model.config.sequence_len)
+        self.max_batch_size = max_batch_size
+        self.runner = ModelRunner(model, max_batch_size, self.max_seq_len, decode_rows=decode_rows)
+        self.scheduler = Scheduler(max_batch_size, max_prefill_tokens=max_prefill_tokens)
+        self.tool_fn = tool_fn
+        self._run_tool = self._tool_tokens if (tool_fn and self.tokenizer and self.specials.tools) else None
+        self._base_stops = frozenset(t for t in (self.specials.assistant_end, self.specials.bos) if t is not None)
+        self._ids = itertools.count()
+        self._stash: list[TokenEvent] = []  # events of other requests produced while generate() drove the loop
+        self.vocab_size = model.config.vocab_size
+        self.num_tool_calls = 0
+
+    # ---- requests -----------------------------------------------------------------------------------------
+    def check_request(self, prompt_ids: Seq[int], params: SamplingParams) -> list[int]:
+        """Validate without side effects (AsyncEngine calls it in the caller's thread). Returns the prompt."""
+        if not isinstance(params, SamplingParams):
+            raise RaychatError(f"params must be SamplingParams, got {type(params).__name__}")
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise RaychatError("empty prompt: at least one token (usually <|bos|>) is needed")
+        if len(prompt) > self.max_seq_len:
+            raise ContextLengthError(f"prompt of {len(prompt)} tokens exceeds the context of {self.max_seq_len} "
+                                     "tokens")
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise RaychatError(f"prompt has token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        if params.num_samples > self.max_batch_size:
+            raise RaychatError(f"num_samples={params.num_samples} exceeds max_batch_size={self.max_batch_size}")
+        return prompt
+
+    def add_request(self, prompt_ids: Seq[int], params: SamplingParams | None = None, request_id=None):
+        """Queue a request; returns its id (an int unless one is given). It starts at a later step()."""
+        params = params or SamplingParams()
+        prompt = self.check_request(prompt_ids, params)
+        rid = next(self._ids) if request_id is None else request_id
+        rngs = [make_rng(params.seed, i) for i in range(params.num_samples)]
+        stops = self._base_stops | frozenset(params.stop_token_ids)
+        req = Request(rid, prompt, params, rngs, stops, self.max_seq_len, arrival_time=time.perf_counter())
+        try:
+            self.scheduler.add(req)
+        except ValueError as e:
+            raise RaychatError(str(e)) from None
+        return rid
+
+    def cancel(self, request_id) -> bool:
+        """Cancel a waiting or running request; its slots are freed and a "cancelled" event is emitted at the next
+        step. Returns False if the request is unknown or already finished."""
+        return self.scheduler.cancel(request_id)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work() or bool(self._stash)
+
+    def stats(self) -> dict:
+        """Gauges for metrics: running (requests), waiting (requests), kv_cache_usage (fraction of positions)."""
+        used = sum(s.num_cached for s in self.scheduler.running.values())
+        return {"running": self.scheduler.num_running_requests(), "waiting": len(self.scheduler.waiting),
+                "kv_cache_usage": used / (self.max_batch_size * self.max_seq_len),
+                "running_sequences": len(self.scheduler.running), "free_slots": len(self.scheduler.free_rows)}
+
+    # ---- the step -----------------------------------------------------------------------------------------
+    def step(self) -> list[TokenEvent]:
+        events, self._stash = self._stash, []
+        for req in self.scheduler.reap_cancelled():
+            events.extend(TokenEvent(req.request_id, -1, False, "cancelled", s.index) for s in req.sequences
+                          if s.finish_reason is None)
+        admitted = self.scheduler.admit()
+        if admitted:
+            for req in admitted:
+                self._prefill(req, events)
+        elif self.scheduler.running:
+            self._decode(events)
+        return events
+
+    def _prefill(self, req: Request, events: list[TokenEvent]) -> None:
+        seqs = req.sequences
+        logits = self.runner.prefill(seqs[0].row, req.prompt)  # (1, V)
+        for s in seqs[1:]:
+            self.runner.copy_row(seqs[0].row, s.row)
+        for s in seqs:
+            s.num_cached = len(req.prompt)
+        p = req.params
+        uniforms = [None if p.greedy else s.rng.random() for s in seqs]
+        tokens = self.runner.pick(logits, [0] * len(seqs), [p] * len(seqs), uniforms)
+        for s, tok in zip(seqs, tokens):
+            self._emit(s, tok, False, events)
+
+    def _decode(self, events: list[TokenEvent]) -> None:
+        running = self.scheduler.running
+        n = self.scheduler.decode_span()
+        tokens, holes = [0] * n, []
+        for r in range(n):
+            s = running.get(r)
+            if s is None:
+                holes.append(r)
+            else:
+                tokens[r] = s.last_token
+        logits = self.runner.decode(tokens, holes)  # (n, V)
+        rows, params, uniforms, seqs, forced = [], [], [], [], []
+        for r, s in running.items():
+            s.num_cached += 1
+            if s.forced:
+                forced.append(s)
+            else:
+                seqs.append(s)
+                rows.append(r)
+                params.append(s.params)
+                uniforms.append(None if s.params.greedy else s.rng.random())
+        tokens = self.runner.pick(logits, rows, params, uniforms) if seqs else []
+        for s, tok in zip(seqs, tokens):
+            self._emit(s, tok, False, events)
+        for s in forced:
+            self._emit(s, s.next_forced(), True, events)
+
+    def _emit(self, s, token: int, forced: bool, events: list[TokenEvent]) -> None:
+        reason = s.accept(token, forced, self.specials, self._run_tool)
+        events.append(TokenEvent(s.request.request_id, token, forced, reason, s.index))
+        if reason is not None:
+            self.scheduler.release(s)
+
+    def _tool_tokens(self, expr_tokens: list[int]) -> list[int]:
+        """Decode the expression, run the tool, wrap the result: <|output_start|> result <|output_end|>."""
+        self.num_tool_calls += 1
+        expr = self.tokenizer.decode(expr_tokens)
+        try:
+            result = str(self.tool_fn(expr))
+        except Exception as e:  # noqa: BLE001 - a tool failure is tool output, never an engine crash
+            result = f"Error: {type(e).__name__}"
+        sp = self.specials
+        return [sp.output_start, *self.tokenizer.encode(result), sp.output_end]
+
+    # ---- blocking conveniences ------------------------------------------------------------------------------
+    def generate_many(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams]
+                      ) -> list[list[Completion]]:
+        """Run many prompts through continuous batching until all finish. Returns, per prompt, its
+        num_samples Completions. Events of requests added by others meanwhile are kept for the next step()."""
+        plist = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        if len(plist) != len(prompts):
+            raise RaychatError(f"{len(prompts)} prompts but {len(plist)} SamplingParams")
+        rids = [self.add_request(p, sp) for p, sp in zip(prompts, plist)]
+        results = {rid: [Completion([], [], "") for _ in range(sp.num_samples)] for rid, sp in zip(rids, plist)}
+        open_ = sum(sp.num_samples for sp in plist)
+        stash = []
+        while open_:
+            for ev in self.step():
+                comps = results.get(ev.request_id)
+                if comps is None:
+                    stash.append(ev)
+                    continue
+                c = comps[ev.sample_index]
+                if ev.finish_reason == "stop":
+                    c.stop_token = ev.token_id
+                elif ev.token_id >= 0:
+                    c.tokens.append(ev.token_id)
+                    c.mask.append(0 if ev.forced else 1)
+                if ev.finish_reason is not None:
+                    c.finish_reason = ev.finish_reason
+                    open_ -= 1
+        self._stash.extend(stash)
+        return [results[rid] for rid in rids]
+
+    def generate(self, prompt_ids: Seq[int], params: SamplingParams | None = None) -> list[list[int]]:
+        """Blocking: the num_samples completions (token ids, stop token excluded) of one prompt."""
+        return [c.tokens for c in self.generate_many([prompt_ids], params or SamplingParams())[0]]

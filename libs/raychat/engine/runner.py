@@ -1,0 +1,110 @@
+"""All device work of the engine: the preallocated KV cache, prefill, batched one-token decode, row copies and
+the tensor side of sampling. The scheduler and the state machines never touch a tensor; this file never makes a
+scheduling decision.
+
+KV cache layout (raychat.model.kv_cache.KVCache): per layer (max_batch_size, max_seq_len, H_kv, D) in the
+compute dtype, plus per-row lengths. A row is a slot a sequence occupies while it runs. The model reads and
+writes the cache through `cache.k[i]`, `cache.v[i]`, `cache.seqlens`, `cache.prev_emb` and advances `seqlens`
+in place, so a *view* of rows lo..hi-1 (a shallow copy of the cache object whose tensors are slices of the
+big ones) is itself a valid cache. That gives us, without copying any K/V:
+- prefill straight into a slot: a forward of the prompt (1, T) on the one-row view of that slot;
+- decode on the prefix rows[0:hi] that holds every running sequence (the scheduler hands out low slots first),
+  instead of the full preallocated batch. Free rows inside the prefix ("holes") are fed a dummy token at
+  position 0 and their length is reset afterwards, which is cheaper than gathering the live rows (a gather
+  would copy the whole cache). `decode_rows="full"` always runs every slot (for the benchmark's comparison).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from raychat.common import RaychatError
+from raychat.engine.sampling import SamplingParams, sample_rows
+
+
+class ModelRunner:
+    def __init__(self, model, max_batch_size: int, max_seq_len: int, decode_rows: str = "prefix"):
+        from raychat.model.kv_cache import KVCache
+
+        if decode_rows not in ("prefix", "full"):
+            raise ValueError(f"decode_rows must be 'prefix' or 'full', got {decode_rows!r}")
+        rope = getattr(model, "cos", None)
+        if isinstance(rope, torch.Tensor) and max_seq_len > rope.size(0):
+            raise RaychatError(f"max_seq_len {max_seq_len} exceeds the model's rotary table ({rope.size(0)} "
+                               f"positions = sequence_len {model.config.sequence_len} x rope_len_mult)")
+        self.model = model
+        self.device = model.get_device()
+        self.max_batch_size = max_batch_size
+        self.max_seq_len = max_seq_len
+        self.decode_rows = decode_rows
+        self.cache = KVCache.for_model(model, max_batch_size, max_seq_len)
+        self._views: dict[tuple[int, int], object] = {}
+
+    def view(self, lo: int, hi: int):
+        """The cache restricted to rows lo..hi-1 (shares storage; views are cached, the storage never moves)."""
+        v = self._views.get((lo, hi))
+        if v is None:
+            c = self.cache
+            v = copy.copy(c)
+            v.batch_size = hi - lo
+            v.k = [t[lo:hi] for t in c.k]
+            v.v = [t[lo:hi] for t in c.v]
+            v.seqlens = c.seqlens[lo:hi]
+            if getattr(c, "prev_emb", None) is not None:
+                v.prev_emb = c.prev_emb[lo:hi]
+            self._views[(lo, hi)] = v
+        return v
+
+    @torch.inference_mode()
+    def prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
+        """Run the whole prompt through the model into slot `row`. Returns the last position's logits (1, V)."""
+        v = self.view(row, row + 1)
+        v.seqlens.zero_()
+        if getattr(v, "prev_emb", None) is not None:
+            v.prev_emb.zero_()
+        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        logits = self.model(idx, kv_cache=v)  # (1, T, V)
+        return logits[:, -1]
+
+    @torch.inference_mode()
+    def copy_row(self, src: int, dst: int) -> None:
+        """Duplicate a prefilled row (num_samples > 1 share one prefill)."""
+        self.cache.copy_row_from(self.cache, src, dst)
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], holes: list[int]) -> torch.Tensor:
+        """Feed one token per row 0..len(tokens)-1 (holes carry a dummy 0). Returns logits (n, V)."""
+        n = self.max_batch_size if self.decode_rows == "full" else len(tokens)
+        if n > len(tokens):
+            holes = holes + list(range(len(tokens), n))
+            tokens = tokens + [0] * (n - len(tokens))
+        idx = torch.tensor(tokens, dtype=torch.long, device=self.device).view(n, 1)
+        logits = self.model(idx, kv_cache=self.view(0, n))  # (n, 1, V)
+        if holes:
+            self.cache.seqlens[holes] = 0
+        return logits[:, -1]
+
+    @torch.inference_mode()
+    def pick(self, logits: torch.Tensor, rows: list[int], params: list[SamplingParams],
+             uniforms: list[float | None]) -> list[int]:
+        """Choose the next token for each of `rows` (indices into logits' first dim): argmax where uniforms[i] is
+        None (greedy), else sampled with params[i]. One host sync per kind of row, not per row."""
+        out = [0] * len(rows)
+        greedy = [i for i, u in enumerate(uniforms) if u is None]
+        if greedy:
+            am = logits.argmax(-1).tolist()
+            for i in greedy:
+                out[i] = am[rows[i]]
+        if len(greedy) < len(rows):
+            sampled = [i for i, u in enumerate(uniforms) if u is not None]
+            sel = [rows[i] for i in sampled]
+            sub = logits if sel == list(range(logits.size(0))) else logits[sel]
+            toks = sample_rows(sub, [params[i] for i in sampled], [uniforms[i] for i in sampled]).tolist()
+            for i, t in zip(sampled, toks):
+                out[i] = t
+        return out
+
+    def reset(self) -> None:
+        self.cache.reset()

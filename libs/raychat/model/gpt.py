@@ -1,0 +1,317 @@
+"""The GPT: architecture only (no process groups, no I/O, no logging).
+
+Notable features, each a switch in GPTConfig where it is a research knob:
+- token embedding -> RMSNorm (no learnable params) -> blocks -> RMSNorm -> untied lm_head; no biases anywhere
+- rotary position embeddings (cos/sin cached as buffers, no learned positions); QK-norm after RoPE
+- grouped-query attention (n_kv_head <= n_head, n_head % n_kv_head == 0)
+- sliding-window attention from a pattern string tiled over the layers ("SSSL": S = a window of
+  short_window_frac of the context, L = full context); the last layer is always L
+- value embeddings on alternating layers (the last included): a per-layer token table added to V through an
+  input-dependent gate 2*sigmoid(W x[..., :32]) per KV head (init W=0 -> gate 1)
+- per-layer learnable residual scalars: x = resid_lambda[i] * x + x0_lambda[i] * x0 (x0 = normed embedding)
+- smear: x0[t] += lambda * sigmoid(w . x0[t][:24]) * x0[t-1]  (cheap bigram mixing; lambda starts at 0)
+- backout: before the final norm subtract backout_lambda * (the residual after the middle layer)
+- MLP with ReLU^2 at 4x width; logit soft-capping c*tanh(logits/c) computed in float32
+- explicit compute dtype: fp32 master weights, Linear casts its weight to the activation dtype; no autocast
+
+Built on the meta device, then `to_empty(device)` + `init_weights()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from raychat.model.attention import attend, attend_kvcache, kvcache_mask
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int = 2048
+    vocab_size: int = 32768
+    n_layer: int = 12
+    n_head: int = 6
+    n_kv_head: int = 6
+    n_embd: int = 768
+    window_pattern: str = "SSSL"
+    short_window_frac: float = 0.5  # S layers see this fraction of sequence_len
+    value_embeds: bool = True
+    smear: bool = True
+    backout: bool = True
+    logit_softcap: float = 15.0  # <= 0 disables
+    rope_base: float = 10000.0
+    rope_len_mult: int = 2  # rotary tables cover rope_len_mult * sequence_len positions
+
+    def __post_init__(self):
+        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.n_kv_head > self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError(f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        if not self.window_pattern or set(self.window_pattern.upper()) - {"S", "L"}:
+            raise ValueError(f"window_pattern {self.window_pattern!r} must be a non-empty string of S and L")
+        if not 0.0 < self.short_window_frac <= 1.0:
+            raise ValueError(f"short_window_frac must be in (0, 1], got {self.short_window_frac}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def window_sizes(self) -> list[int | None]:
+        """Per-layer attention window (None = full context). Pattern tiled over layers, last layer full."""
+        pat = self.window_pattern.upper()
+        short = max(1, int(self.sequence_len * self.short_window_frac))
+        w = [None if pat[i % len(pat)] == "L" else short for i in range(self.n_layer)]
+        w[-1] = None
+        return w
+
+    def has_value_embed(self, i: int) -> bool:
+        # alternating layers counted from the last one, so the last layer always has one
+        return self.value_embeds and (self.n_layer - 1 - i) % 2 == 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Linear(nn.Linear):
+    """Bias-free Linear with fp32 master weight cast to the activation dtype (no autocast needed)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x (B, T, H, D); cos/sin broadcastable to (B, T, 1, D/2). Rotate the two halves of the head dim.
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        C = config.n_embd
+        self.c_q = Linear(C, self.n_head * self.head_dim)
+        self.c_k = Linear(C, self.n_kv_head * self.head_dim)
+        self.c_v = Linear(C, self.n_kv_head * self.head_dim)
+        self.c_proj = Linear(C, C)
+        self.ve_gate_channels = min(32, C)
+        self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head) if config.has_value_embed(layer_idx) else None
+
+    def forward(self, x, ve, cos, sin, window, kv=None):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))  # (B, T, H_kv)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = norm(q), norm(k)  # QK-norm after RoPE
+        if kv is None:
+            y = attend(q, k, v, window)
+        else:
+            cache, positions, masks, L = kv
+            i = self.layer_idx
+            y = attend_kvcache(q, k, v, cache.k[i], cache.v[i], cache.seqlens, window, positions, masks[window], L)
+        return self.c_proj(y.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x, ve, cos, sin, window, kv=None):
+        x = x + self.attn(norm(x), ve, cos, sin, window, kv)
+        return x + self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig, compute_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        self.compute_dtype = compute_dtype
+        C, L = config.n_embd, config.n_layer
+        self.wte = nn.Embedding(config.vocab_size, C)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(L)])
+        self.lm_head = Linear(C, config.vocab_size)
+        kv_dim = config.n_kv_head * config.head_dim
+        self.value_embeds = nn.ModuleDict(
+            {str(i): nn.Embedding(config.vocab_size, kv_dim) for i in range(L) if config.has_value_embed(i)})
+        self.resid_lambdas = nn.Parameter(torch.empty(L))
+        self.x0_lambdas = nn.Parameter(torch.empty(L))
+        self.smear_channels = min(24, C)
+        if config.smear:
+            self.smear_gate = nn.Parameter(torch.empty(self.smear_channels))
+            self.smear_lambda = nn.Parameter(torch.empty(()))
+        if config.backout:
+            self.backout_lambda = nn.Parameter(torch.empty(()))
+        self.windows = config.window_sizes()
+        n_pos = config.sequence_len * config.rope_len_mult
+        self.register_buffer("cos", torch.empty(n_pos, config.head_dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(n_pos, config.head_dim // 2), persistent=False)
+
+    # ---- init -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Parameter groups and their init (nanochat's recipe):
+        - wte: N(0, 1)  (its output is RMS-normed, so the scale only matters relative to the lr)
+        - lm_head: N(0, 0.001)  (near-zero logits at init: loss starts at ln(vocab))
+        - attention q/k/v and mlp c_fc, value embeddings: U(-s, s), s = sqrt(3)/sqrt(n_embd) (unit-ish RMS)
+        - attention and mlp output projections: 0 (every block starts as the identity)
+        - ve_gate: 0 (gate = 2*sigmoid(0) = 1); resid_lambdas 1, x0_lambdas 0.1; smear/backout lambdas 0
+        """
+        c = self.config
+        s = math.sqrt(3.0) / math.sqrt(c.n_embd)
+        nn.init.normal_(self.wte.weight, 0.0, 1.0)
+        nn.init.normal_(self.lm_head.weight, 0.0, 0.001)
+        for b in self.blocks:
+            for lin in (b.attn.c_q, b.attn.c_k, b.attn.c_v, b.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -s, s)
+            nn.init.zeros_(b.attn.c_proj.weight)
+            nn.init.zeros_(b.mlp.c_proj.weight)
+            if b.attn.ve_gate is not None:
+                nn.init.zeros_(b.attn.ve_gate.weight)
+        for e in self.value_embeds.values():
+            nn.init.uniform_(e.weight, -s, s)
+        self.resid_lambdas.fill_(1.0)
+        self.x0_lambdas.fill_(0.1)
+        if c.smear:
+            self.smear_gate.zero_()
+            self.smear_lambda.zero_()
+        if c.backout:
+            self.backout_lambda.zero_()
+        self._init_rotary()
+
+    @torch.no_grad()
+    def _init_rotary(self) -> None:
+        c = self.config
+        d = c.head_dim
+        inv_freq = 1.0 / (c.rope_base ** (torch.arange(0, d, 2, dtype=torch.float32, device=self.cos.device) / d))
+        t = torch.arange(self.cos.size(0), dtype=torch.float32, device=self.cos.device)
+        freqs = torch.outer(t, inv_freq)
+        self.cos.copy_(freqs.cos())
+        self.sin.copy_(freqs.sin())
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        self.compute_dtype = dtype
+
+    def get_device(self) -> torch.device:
+        return self.wte.weight.device
+
+    # ---- parameter accounting -------------------------------------------------------------------------
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The optimizer's groups: AdamW for embedding/value_embeds/lm_head/scalars, Muon for matrices."""
+        scalars = [self.resid_lambdas, self.x0_lambdas]
+        if self.config.smear:
+            scalars += [self.smear_gate, self.smear_lambda]
+        if self.config.backout:
+            scalars.append(self.backout_lambda)
+        groups = {
+            "embedding": [self.wte.weight],
+            "value_embeds": [e.weight for e in self.value_embeds.values()],
+            "lm_head": [self.lm_head.weight],
+            "matrices": [p for p in self.blocks.parameters()],
+            "scalars": scalars,
+        }
+        assert sum(len(v) for v in groups.values()) == len(list(self.parameters())), "a parameter has no group"
+        return groups
+
+    def num_params(self) -> dict[str, int]:
+        counts = {k: sum(p.numel() for p in ps) for k, ps in self.param_groups().items()}
+        counts["total"] = sum(counts.values())
+        counts["scaling"] = counts["matrices"] + counts["lm_head"]
+        return counts
+
+    def num_flops_per_token(self) -> float:
+        """Model FLOPs per token for a training step (forward + backward), the nanochat/PaLM convention:
+        6 * (matmul params: block matrices + lm_head; embedding lookups are free) + attention scores and
+        values, 12 * n_head * head_dim * span per layer, where span = min(window, sequence_len)."""
+        c = self.config
+        n = self.num_params()
+        dense = 6 * (n["matrices"] + n["lm_head"])
+        attn = sum(12 * c.n_head * c.head_dim * (w if w is not None else c.sequence_len) for w in self.windows)
+        return float(dense + attn)
+
+    # ---- forward --------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
+                loss_reduction: str = "mean"):
+        B, T = idx.shape
+        dt = self.compute_dtype
+        if kv_cache is None:
+            if T > self.cos.size(0):
+                raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.cos.size(0)})")
+            cos, sin = self.cos[None, :T, None].to(dt), self.sin[None, :T, None].to(dt)
+            kv = None
+        else:
+            start = kv_cache.seqlens.long()
+            positions = start[:, None] + torch.arange(T, device=idx.device)[None, :]  # (B, T)
+            L = int(start.max()) + T
+            if L > kv_cache.max_seq_len:
+                raise ValueError(f"KV cache overflow: {L} positions needed, cache holds {kv_cache.max_seq_len}")
+            cos, sin = self.cos[positions][:, :, None].to(dt), self.sin[positions][:, :, None].to(dt)
+            masks = {w: kvcache_mask(kv_cache.seqlens, T, L, w) for w in set(self.windows)}
+            kv = (kv_cache, positions, masks, L)
+
+        x = norm(self.wte(idx).to(dt))
+        if self.config.smear:
+            if kv_cache is None:
+                prev = F.pad(x[:, :-1], (0, 0, 1, 0))
+            else:
+                first = (kv_cache.prev_emb[:, None] * (kv_cache.seqlens > 0)[:, None, None]).to(dt)
+                prev = torch.cat([first, x[:, :-1]], dim=1)
+                kv_cache.prev_emb.copy_(x[:, -1])
+            g = torch.sigmoid(x[..., : self.smear_channels] @ self.smear_gate.to(dt))  # (B, T)
+            x = x + (self.smear_lambda.to(dt) * g).unsqueeze(-1) * prev
+        x0 = x
+        x_mid = None
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i].to(dt) * x + self.x0_lambdas[i].to(dt) * x0
+            ve = self.value_embeds[str(i)](idx).to(dt) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin, self.windows[i], kv)
+            if i == self.config.n_layer // 2 - 1:
+                x_mid = x
+        if self.config.backout and x_mid is not None:
+            x = x - self.backout_lambda.to(dt) * x_mid
+        x = norm(x)
+        if kv_cache is not None:
+            kv_cache.seqlens += T
+
+        logits = self.lm_head(x).float()  # soft-cap in fp32: tanh saturates badly in bf16
+        cap = self.config.logit_softcap
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=loss_reduction)
+        return loss.view(B, T) if loss_reduction == "none" else loss

@@ -1,0 +1,306 @@
+"""MuonAdamW: one optimizer for the whole GPT -- AdamW for embeddings, value embeddings, lm_head and scalars,
+Muon for the 2-D matrices of the blocks -- with one code path for one process and for many.
+
+Distributed (a process group of world size W > 1 is initialised): `step()` does the gradient collectives
+itself, ZeRO-2 style, so the training loop never all-reduces gradients and never wraps the model in DDP:
+
+    phase 1  launch every gradient reduction, async:
+             muon group (K same-shape matrices): stack grads (K, m, n), zero-pad to ceil(K/W)*W, reduce-scatter
+                 (average) -> this rank gets the mean gradient of its ceil(K/W) matrices;
+             adamw param with dim 0 divisible by W (and >= MIN_SHARD_NUMEL elements): reduce-scatter its grad
+                 along dim 0 -> this rank's rows;  other adamw params (scalars, odd shapes): one all-reduce
+                 of their concatenated grads per group, full update replicated on every rank.
+    phase 2  per group in order: wait for its reduction, update this rank's shard (Muon on its slice of
+             the stack, AdamW on its rows), launch the all-gather of the updated shard, async -- so group
+             i's gather overlaps group i+1's compute.
+    phase 3  wait for the gathers, copy gathered matrices back into the Parameters.
+
+At W = 1 the same phases run with no collective: the "shard" is everything, nothing is padded or gathered.
+Optimizer state exists only for this rank's shard (momentum and variance of its matrices, Adam moments of
+its rows), so `state_dict()` is this rank's shard: checkpoints save one file per rank, and loading checks
+that rank and world size match (resuming on a different world size needs a re-shard, not done here).
+
+Requirements in the distributed case: every rank holds identical parameters at the start (same seed or a
+broadcast) and steps the same groups -- a parameter whose .grad is None is skipped by AdamW, so it must be
+None on every rank; in a Muon group a missing grad counts as zeros.
+
+Muon group state lives in `state[group["params"][0]]` (stacked buffers for the owned slice of the group);
+AdamW state in `state[p]` (moments of p's shard, and the step count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from raychat.common import RaychatError, print0
+from raychat.optim.adamw import adamw_step_
+from raychat.optim.muon import muon_update_
+from torch import Tensor, nn
+
+ADAMW_DEFAULTS = {"betas": (0.8, 0.95), "eps": 1e-10, "weight_decay": 0.0}
+MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "beta2": 0.95, "weight_decay": 0.0}
+# AdamW params smaller than this are all-reduced and updated on every rank: their state is negligible and a
+# separate reduce-scatter + all-gather per tiny tensor would cost more latency than it saves.
+MIN_SHARD_NUMEL = 1024
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world_size) of the default process group; (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class _MuonReduce:
+    grad_chunk: Tensor        # (chunk, m, n) mean gradients of this rank's matrices (rows past K-rank*chunk: pad)
+    chunk: int                # matrices per rank, ceil(K / W)
+    full: Tensor | None       # (chunk * W, m, n) send buffer, reused as the all-gather output; None at W = 1
+    work: object | None       # async reduce-scatter handle
+
+
+@dataclass
+class _AdamWItem:
+    param: Tensor
+    grad: Tensor              # this rank's (averaged) gradient rows, or the full averaged gradient
+    sharded: bool
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Combined optimizer over param groups that each carry `kind`:
+
+    - "adamw": keys lr, betas, eps, weight_decay (defaults: ADAMW_DEFAULTS); any parameter shapes.
+    - "muon": keys lr, momentum, ns_steps, beta2 (NorMuon variance EMA), weight_decay (cautious);
+      all parameters 2-D and of one shape (they are updated as one stacked batch; build_optimizer makes
+      one group per shape).
+
+    Every group gets "initial_lr" (= lr unless given) so loops can set group["lr"] = initial_lr * multiplier;
+    loops may also set group["momentum"] (Muon warm-up, see `muon_momentum`) and group["weight_decay"].
+    """
+
+    def __init__(self, param_groups: list[dict]):
+        groups = []
+        for i, g in enumerate(param_groups):
+            g = dict(g)
+            g["params"] = list(g["params"])
+            kind = g.get("kind")
+            if kind not in ("adamw", "muon"):
+                raise ValueError(f"param group {i}: kind must be 'adamw' or 'muon', got {kind!r}")
+            if "lr" not in g:
+                raise ValueError(f"param group {i} ({kind}) has no lr")
+            for k, v in (ADAMW_DEFAULTS if kind == "adamw" else MUON_DEFAULTS).items():
+                g.setdefault(k, v)
+            g.setdefault("initial_lr", g["lr"])
+            if kind == "muon":
+                shapes = {tuple(p.shape) for p in g["params"]}
+                if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
+                    raise ValueError(f"param group {i} (muon): needs 2-D parameters of one shape, got {sorted(shapes)}")
+            groups.append(g)
+        super().__init__(groups, defaults={})
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        rank, world = dist_rank_world()
+        # phase 1: launch all gradient reductions (no-ops at world size 1)
+        reductions = [self._muon_reduce(g, world) if g["kind"] == "muon" else self._adamw_reduce(g, world)
+                      for g in self.param_groups]
+        # phase 2: per group, wait for its reduction, update this rank's shard, launch its gather
+        finishers = []
+        for group, red in zip(self.param_groups, reductions):
+            if group["kind"] == "muon":
+                finishers += self._muon_update(group, red, rank, world)
+            else:
+                finishers += self._adamw_update(group, red, rank, world)
+        # phase 3: wait for the gathers, copy back
+        for finish in finishers:
+            finish()
+        return loss
+
+    # ------------------------------------------------------------------ Muon
+
+    def _muon_reduce(self, group: dict, world: int) -> _MuonReduce | None:
+        params: list[Tensor] = group["params"]
+        if not params or all(p.grad is None for p in params):
+            return None
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        K, chunk = len(params), math.ceil(len(params) / world)
+        if world == 1:
+            return _MuonReduce(torch.stack(grads), chunk, None, None)  # (K, m, n)
+        full = grads[0].new_empty((chunk * world, *params[0].shape))  # (chunk*W, m, n), zero-padded
+        torch._foreach_copy_(list(full[:K].unbind(0)), grads)
+        full[K:].zero_()
+        grad_chunk = full.new_empty((chunk, *params[0].shape))
+        work = dist.reduce_scatter_single(grad_chunk, full, op=dist.ReduceOp.AVG, async_op=True)
+        return _MuonReduce(grad_chunk, chunk, full, work)
+
+    def _muon_update(self, group: dict, red: _MuonReduce | None, rank: int, world: int) -> list:
+        if red is None:
+            return []
+        if red.work is not None:
+            red.work.wait()
+        params: list[Tensor] = group["params"]
+        owned = params[rank * red.chunk:(rank + 1) * red.chunk]  # the last ranks may own fewer (or none)
+        n_own = len(owned)
+        if n_own:
+            m, n = params[0].shape
+            state = self.state[params[0]]
+            if not state:
+                state["momentum_buffer"] = torch.zeros((n_own, m, n), dtype=params[0].dtype, device=params[0].device)
+                vshape = (n_own, m, 1) if m >= n else (n_own, 1, n)
+                state["second_momentum_buffer"] = torch.zeros(vshape, dtype=torch.float32, device=params[0].device)
+            stacked = torch.stack(owned)  # (n_own, m, n)
+            muon_update_(red.grad_chunk[:n_own], stacked, state["momentum_buffer"], state["second_momentum_buffer"],
+                         lr=group["lr"], momentum=group["momentum"], beta2=group["beta2"],
+                         weight_decay=group["weight_decay"], ns_steps=group["ns_steps"])
+        if world == 1:
+            torch._foreach_copy_(owned, list(stacked.unbind(0)))
+            return []
+        out = red.grad_chunk  # its gradients are consumed: reuse as the send buffer of the gather
+        if n_own:
+            out[:n_own].copy_(stacked)
+        out[n_own:].zero_()
+        work = dist.all_gather_single(red.full, out, async_op=True)
+
+        def finish():
+            work.wait()
+            torch._foreach_copy_(params, list(red.full[:len(params)].unbind(0)))
+        return [finish]
+
+    # ------------------------------------------------------------------ AdamW
+
+    @staticmethod
+    def _shardable(p: Tensor, world: int) -> bool:
+        return p.ndim >= 1 and p.shape[0] % world == 0 and p.numel() >= MIN_SHARD_NUMEL
+
+    def _adamw_reduce(self, group: dict, world: int) -> tuple[list[_AdamWItem], list]:
+        params = [p for p in group["params"] if p.grad is not None]
+        if world == 1:
+            return [_AdamWItem(p, p.grad, False) for p in params], []
+        items, works, small = [], [], {}
+        for p in params:
+            if self._shardable(p, world):
+                g = p.grad.new_empty((p.shape[0] // world, *p.shape[1:]))
+                works.append(dist.reduce_scatter_single(g, p.grad.contiguous(), op=dist.ReduceOp.AVG, async_op=True))
+                items.append(_AdamWItem(p, g, True))
+            else:
+                small.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+        for ps in small.values():  # one all-reduce for all the small grads of a dtype
+            flat = torch.cat([p.grad.reshape(-1) for p in ps])
+            works.append(dist.all_reduce(flat, op=dist.ReduceOp.AVG, async_op=True))
+            for p, g in zip(ps, flat.split([p.numel() for p in ps])):
+                items.append(_AdamWItem(p, g.view_as(p), False))
+        return items, works
+
+    def _adamw_update(self, group: dict, red: tuple[list[_AdamWItem], list], rank: int, world: int) -> list:
+        items, works = red
+        for w in works:
+            w.wait()
+        buckets: dict = {}  # (device, dtype) -> lists for one multi-tensor step
+        for it in items:
+            p = it.param
+            if it.sharded:
+                rows = p.shape[0] // world
+                view = p[rank * rows:(rank + 1) * rows]  # contiguous dim-0 slice of p
+            else:
+                view = p
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(view)
+                state["exp_avg_sq"] = torch.zeros_like(view)
+            state["step"] += 1
+            b = buckets.setdefault((view.device, view.dtype), ([], [], [], [], []))
+            for lst, x in zip(b, (view, it.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
+                lst.append(x)
+        beta1, beta2 = group["betas"]
+        for views, grads, m, v, steps in buckets.values():
+            adamw_step_(views, grads, m, v, steps, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                        weight_decay=group["weight_decay"])
+        finishers = []
+        for it in items:
+            if it.sharded:  # in-place all-gather: this rank's rows of p are already the input slice
+                rows = it.param.shape[0] // world
+                work = dist.all_gather_single(it.param, it.param[rank * rows:(rank + 1) * rows], async_op=True)
+                finishers.append(work.wait)
+        return finishers
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """This rank's shard of the state (plus hyperparameters), tagged with rank and world size."""
+        sd = super().state_dict()
+        rank, world = dist_rank_world()
+        sd["sharding"] = {"rank": rank, "world_size": world}
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        sd = dict(state_dict)
+        saved = sd.pop("sharding", None)
+        rank, world = dist_rank_world()
+        if saved is not None and (saved["rank"], saved["world_size"]) != (rank, world):
+            raise RaychatError(
+                f"optimizer state was saved by rank {saved['rank']} of {saved['world_size']} but is being loaded "
+                f"by rank {rank} of {world}: optimizer state is sharded per rank, resume with the same world size")
+        super().load_state_dict(sd)
+
+
+def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr: float = 0.004,
+                    matrix_lr: float = 0.02, scalar_lr: float = 0.5, weight_decay: float = 0.0,
+                    adam_betas: tuple[float, float] = (0.8, 0.95)) -> MuonAdamW:
+    """MuonAdamW over `model.param_groups()` (keys embedding, value_embeds, lm_head, matrices, scalars).
+
+    Learning rates (nanochat's, tuned at width 768):
+    - embedding and value_embeds: embedding_lr * s, lm_head: unembedding_lr * s, with
+      s = 1/sqrt(n_embd / 768). Adam's step is ~lr per element whatever the width, while the effect of an
+      embedding/unembedding row on the residual stream grows with its length, so wider models take smaller
+      AdamW steps (muP-like); s = 1 at 768 keeps the tuned values.
+    - scalars: scalar_lr, not width-scaled (per-layer gains and gates are O(1) numbers at any width).
+    - matrices: matrix_lr, Muon, one group per shape; Muon's update is already scale-free (orthogonal,
+      then shape-scaled by max(1, rows/cols)^0.5 in muon.py).
+    weight_decay applies to the Muon groups only (cautious, scheduled by the loop via group["weight_decay"]);
+    AdamW groups get none. AdamW: betas=adam_betas, eps=1e-10. Muon: momentum 0.95 (the loop warms it up
+    with `muon_momentum`), ns_steps 5, beta2 0.95.
+    """
+    named = model.param_groups()
+    expected = {"embedding", "value_embeds", "lm_head", "matrices", "scalars"}
+    if set(named) - expected:
+        raise ValueError(f"model.param_groups() has unknown keys {sorted(set(named) - expected)}; "
+                         f"expected {sorted(expected)}")
+    seen: dict[int, str] = {}
+    for name, ps in named.items():
+        for p in ps:
+            if id(p) in seen:
+                raise ValueError(f"a parameter of shape {tuple(p.shape)} is in both {seen[id(p)]!r} and {name!r}")
+            seen[id(p)] = name
+    missing = [tuple(p.shape) for p in model.parameters() if id(p) not in seen]
+    if missing:
+        raise ValueError(f"model.param_groups() misses {len(missing)} parameters, shapes {missing[:5]}")
+
+    n_embd = model.config.n_embd
+    scale = (n_embd / 768) ** -0.5
+    print0(f"AdamW lr scale 1/sqrt({n_embd}/768) = {scale:.6f} (embedding, value_embeds, lm_head)")
+    adamw = {"kind": "adamw", "betas": tuple(adam_betas), "eps": 1e-10, "weight_decay": 0.0}
+    groups = [
+        {**adamw, "name": "lm_head", "params": named.get("lm_head", []), "lr": unembedding_lr * scale},
+        {**adamw, "name": "embedding", "params": named.get("embedding", []), "lr": embedding_lr * scale},
+        {**adamw, "name": "value_embeds", "params": named.get("value_embeds", []), "lr": embedding_lr * scale},
+        {**adamw, "name": "scalars", "params": named.get("scalars", []), "lr": scalar_lr},
+    ]
+    matrices = named.get("matrices", [])
+    bad = [tuple(p.shape) for p in matrices if p.ndim != 2]
+    if bad:
+        raise ValueError(f"'matrices' must hold 2-D parameters only (Muon), got shapes {bad}")
+    for shape in sorted({tuple(p.shape) for p in matrices}):
+        groups.append({"kind": "muon", "name": f"matrices{shape[0]}x{shape[1]}", "lr": matrix_lr,
+                       "params": [p for p in matrices if tuple(p.shape) == shape],
+                       "momentum": 0.95, "ns_steps": 5, "beta2": 0.95, "weight_decay": weight_decay})
+    return MuonAdamW([g for g in groups if g["params"]])

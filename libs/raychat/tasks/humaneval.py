@@ -1,0 +1,69 @@
+"""HumanEval (openai/human-eval): 164 Python functions to complete, graded by running their unit tests.
+
+The user turn is the prompt (signature + docstring); the reference assistant turn is prompt + canonical body.
+Grading builds `imports of the prompt + the completion's code + the task's test + check(entry_point)` and runs it
+in the sandbox (`raychat.tools.execution`): exit 0 within the time limit = pass. The completion's code is the first
+```python fenced block if there is one, else the whole completion (chat models usually answer in a fence).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+from raychat.common import RaychatError, require_shared_data
+from raychat.tasks.common import Task
+from raychat.tools.execution import execute_code
+
+_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)\n```", re.DOTALL)
+
+
+def extract_imports(prompt: str) -> str:
+    """The leading import lines of a prompt (completions often restate the function without them)."""
+    lines = []
+    for line in prompt.splitlines():
+        s = line.strip()
+        if s.startswith(("import ", "from ")):
+            lines.append(s)
+        elif s and not s.startswith("#"):
+            break
+    return "\n".join(lines)
+
+
+def extract_program(completion: str) -> str:
+    m = _FENCE.search(completion)
+    return (m.group(1) if m else completion).strip("\n")
+
+
+def build_program(conversation: dict, completion: str) -> str:
+    prompt = conversation["messages"][0]["content"]
+    return (f"{extract_imports(prompt)}\n\n{extract_program(completion)}\n\n"
+            f"{conversation['test']}\ncheck({conversation['entry_point']})\n")
+
+
+class HumanEval(Task):
+    eval_type = "generative"
+
+    def __init__(self, data_dir=None, timeout: float = 5.0, **kwargs):
+        super().__init__(**kwargs)
+        base = Path(data_dir) if data_dir else require_shared_data("tasks/humaneval")
+        path = base / "HumanEval.jsonl.gz"
+        if not path.is_file():
+            raise RaychatError(f"HumanEval file not found: {path}")
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            self.rows = [json.loads(line) for line in f if line.strip()]
+        self.timeout = timeout
+
+    def num_examples(self) -> int:
+        return len(self.rows)
+
+    def get_example(self, index: int) -> dict:
+        r = self.rows[index]
+        return {"messages": [{"role": "user", "content": r["prompt"]},
+                             {"role": "assistant", "content": f"{r['prompt']}\n{r['canonical_solution']}"}],
+                "task_id": r["task_id"], "entry_point": r["entry_point"], "test": r["test"]}
+
+    def evaluate(self, conversation: dict, completion: str) -> bool:
+        return execute_code(build_program(conversation, completion), timeout=self.timeout).success

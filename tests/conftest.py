@@ -1,0 +1,77 @@
+"""Shared fixtures. One Ray session for the whole test run (ray.init costs 10-17 s here), tiny run
+directories (a trained tokenizer + a random-init tiny GPT checkpoint) built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED.is_dir(), f"tests need the shared datasets at {SHARED}"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it: 2 CPUs, capped object store, no dashboard."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, object_store_memory=200 * 1024**2, include_dashboard=False,
+                 configure_logging=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}})
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - serve may never have started
+        pass
+    ray.shutdown()
+
+
+def make_tiny_run_dir(root: Path, *, vocab_size: int = 512, depth: int = 2, width: int = 64,
+                      seq_len: int = 128, stages=("base",)) -> Path:
+    """A run directory with a BPE tokenizer trained on a slice of the shared Wikipedia shard and a random-init
+    tiny GPT checkpoint in each requested stage."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from raychat.checkpoint import save_checkpoint
+    from raychat.model import GPT, GPTConfig
+    from raychat.tokenizer import train_tokenizer
+
+    texts = pq.read_table(SHARED / "pretrain" / "shard_00000.parquet", columns=["text"]).column("text")
+    texts = texts.slice(0, 300).to_pylist()
+    tok = train_tokenizer(iter(texts), vocab_size)
+    tok.save(root / "tokenizer")
+    cfg = GPTConfig(sequence_len=seq_len, vocab_size=tok.vocab_size, n_layer=depth, n_head=width // 32,
+                    n_kv_head=width // 32, n_embd=width, window_pattern="L")
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    with torch.no_grad():  # non-trivial outputs (zero-init projections would make every position identical)
+        for b in model.blocks:
+            b.attn.c_proj.weight.normal_(0, 0.02)
+            b.mlp.c_proj.weight.normal_(0, 0.02)
+        model.lm_head.weight.normal_(0, 0.02)
+    for stage in stages:
+        save_checkpoint(root / "checkpoints" / stage, 1, model, config={"preset": "test"})
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory) -> Path:
+    return make_tiny_run_dir(tmp_path_factory.mktemp("tiny_run"), stages=("base", "sft"))
