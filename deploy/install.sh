@@ -26,6 +26,13 @@ case "$extras" in
     gpu) spec=".[gpu]" ;;
     *) echo "install.sh: unknown extra '$extras' (expected: dev, gpu or nothing)" >&2; exit 2 ;;
 esac
+if [ "$extras" = "gpu" ]; then
+    # flash-attn's setup.py imports torch, so pip's isolated build env (no torch) fails with "No module named
+    # 'torch'": build it against the torch installed above, with its build deps present. It compiles with nvcc
+    # of torch's CUDA major version (the Dockerfile's devel stage); MAX_JOBS / FLASH_ATTN_CUDA_ARCHS tune that.
+    "$py" -m pip install -q packaging psutil ninja einops
+    "$py" -m pip install -q --no-build-isolation "flash-attn>=2.6"
+fi
 "$py" -m pip install -q -e "$spec"
 if [ "$extras" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
     # Browser tests drive Debian's chromium through Playwright (never `playwright install`).

@@ -7,9 +7,10 @@
  * socket; a dropped socket reconnects on its own with exponential backoff (0.5 s doubling to 15 s, ±20 %).
  *
  * API key: when the user sets one in Settings it travels in the WebSocket handshake as the subprotocol
- * "raychat.bearer.<key>" (browsers cannot set an Authorization header on a WebSocket). The server must echo
- * that subprotocol back, or the browser drops the connection. Keys are therefore limited to HTTP token
- * characters (letters, digits and !#$%&'*+-.^_`|~).
+ * "raychat.bearer.<key>", offered together with "raychat.v1" (browsers cannot set an Authorization header on a
+ * WebSocket). The server must select one of the offered subprotocols (raychat serve picks "raychat.v1"), or
+ * the browser drops the connection. Keys are limited to HTTP token characters (letters, digits and
+ * !#$%&'*+-.^_`|~). `raychat serve` also accepts the key once as /?api_key=... and keeps it in a cookie.
  *
  * State lives in localStorage: conversations ("raychat.conversations.v1"), the open one
  * ("raychat.active.v1") and settings ("raychat.settings.v1"). Model output is rendered by RaychatMarkdown,
@@ -22,7 +23,8 @@
   const STORE_ACTIVE = "raychat.active.v1";
   const STORE_SETTINGS = "raychat.settings.v1";
   const DEFAULT_SETTINGS = Object.freeze({
-    temperature: 0.8, top_k: 50, top_p: 1.0, max_tokens: 256, seed: "", system_prompt: "", api_key: "",
+    // max_tokens "" = let the server choose (it picks what still fits the model's context window).
+    temperature: 0.8, top_k: 50, top_p: 1.0, max_tokens: "", seed: "", system_prompt: "", api_key: "",
   });
   const TOKEN_CHARS_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
   const BACKOFF_MIN_MS = 500;
@@ -54,6 +56,7 @@
     retryAt: 0,
     countdown: null,
     reconnectAfterGen: false,
+    deleted: new Set(),   // ids this tab deleted, so merging with other tabs' writes cannot bring them back
   };
 
   // ------------------------------------------------------------------ storage
@@ -81,13 +84,40 @@
   function saveConvs(soon) {
     clearTimeout(saveTimer);
     if (soon) { saveTimer = setTimeout(() => saveConvs(false), 500); return; }
+    mergeFromOtherTabs();
     saveJSON(STORE_CONVS, state.convs);
     try { localStorage.setItem(STORE_ACTIVE, state.activeId || ""); } catch (_err) { /* reported above */ }
   }
 
-  function loadState() {
+  function storedConvs() {
     const convs = loadJSON(STORE_CONVS, []);
-    state.convs = Array.isArray(convs) ? convs.filter((c) => c && c.id && Array.isArray(c.messages)) : [];
+    return Array.isArray(convs) ? convs.filter((c) => c && c.id && Array.isArray(c.messages)) : [];
+  }
+
+  /**
+   * Another tab may have written chats since this one loaded. Before overwriting the store, keep the newer
+   * copy of each conversation (by `updated`), add the ones this tab has not seen, and drop the ones this tab
+   * deleted. The conversation this tab is streaming into always keeps this tab's copy.
+   */
+  function mergeFromOtherTabs() {
+    const mine = new Map(state.convs.map((c) => [c.id, c]));
+    let changed = false;
+    for (const c of storedConvs()) {
+      if (state.deleted.has(c.id) || (state.gen && state.gen.convId === c.id)) continue;
+      const own = mine.get(c.id);
+      if (!own) { state.convs.push(c); changed = true; } else if (c.updated > own.updated) {
+        state.convs[state.convs.indexOf(own)] = c;
+        changed = true;
+      }
+    }
+    if (changed) {
+      state.convs.sort((a, b) => b.updated - a.updated);
+      renderSidebar();
+    }
+  }
+
+  function loadState() {
+    state.convs = storedConvs();
     for (const conv of state.convs) {
       // A reply that was streaming when the page closed can never finish now.
       for (const m of conv.messages) {
@@ -154,7 +184,8 @@
     const key = state.settings.api_key;
     let ws;
     try {
-      ws = key ? new WebSocket(wsUrl(), ["raychat.bearer." + key]) : new WebSocket(wsUrl());
+      // "raychat.v1" is what the server selects (so the key is not echoed back); the bearer entry carries the key.
+      ws = key ? new WebSocket(wsUrl(), ["raychat.v1", "raychat.bearer." + key]) : new WebSocket(wsUrl());
     } catch (_err) {
       setConn("unauthorized", "The API key has characters a browser cannot send; check it in Settings.");
       return;
@@ -258,7 +289,8 @@
         if (err.code === "unauthorized") state.conn = "unauthorized";
         if (gen) finishGeneration("error", null, err);
         else if (err.code === "unauthorized") setConn("unauthorized", describeError(err).join(" "));
-        else showBanner(describeError(err).join(" "));
+        // With nothing running, a bad_request can only answer a stop that crossed the reply's end: not news.
+        else if (err.code !== "bad_request") showBanner(describeError(err).filter(Boolean).join(" "));
         break;
       }
       default:
@@ -302,7 +334,8 @@
 
   function wireParams() {
     const s = state.settings;
-    const params = { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, max_tokens: s.max_tokens };
+    const params = { temperature: s.temperature, top_k: s.top_k, top_p: s.top_p };
+    if (s.max_tokens !== "" && s.max_tokens !== null) params.max_tokens = Number(s.max_tokens);
     if (s.seed !== "" && s.seed !== null) params.seed = Number(s.seed);
     return params;
   }
@@ -519,7 +552,7 @@
       const actions = h("div", "msg-actions");
       const text = assistantText(m);
       if (text) actions.appendChild(copyButton(() => text, "Copy reply"));
-      if (isLast) {
+      if (isLast && !m.error) { // an error box carries its own Retry
         const regen = button("Regenerate", "btn-link", () => regenerate(conv), "Regenerate reply");
         regen.disabled = !!state.gen;
         actions.appendChild(regen);
@@ -715,6 +748,7 @@
   function deleteConv(id) {
     if (state.gen && state.gen.convId === id) stopGeneration();
     state.convs = state.convs.filter((c) => c.id !== id);
+    state.deleted.add(id);
     if (state.activeId === id) newDraft();
     saveConvs(false);
     renderSidebar();
@@ -745,7 +779,7 @@
     const num = (v) => (String(v).trim() === "" ? NaN : Number(v));
     const s = {
       temperature: num(f.temperature.value), top_k: num(f.top_k.value), top_p: num(f.top_p.value),
-      max_tokens: num(f.max_tokens.value), seed: String(f.seed.value).trim(),
+      max_tokens: String(f.max_tokens.value).trim(), seed: String(f.seed.value).trim(),
       system_prompt: f.system_prompt.value, api_key: f.api_key.value.trim(),
     };
     if (!(s.temperature >= 0 && s.temperature <= 2)) return [null, "Temperature must be a number from 0 to 2."];
@@ -753,7 +787,9 @@
       return [null, "Top-k must be a whole number from 0 to 200."];
     }
     if (!(s.top_p > 0 && s.top_p <= 1)) return [null, "Top-p must be above 0 and at most 1."];
-    if (!(Number.isInteger(s.max_tokens) && s.max_tokens >= 1)) return [null, "Max tokens must be a whole number, 1 or more."];
+    if (s.max_tokens !== "" && !(Number.isInteger(Number(s.max_tokens)) && Number(s.max_tokens) >= 1)) {
+      return [null, "Max tokens must be blank or a whole number, 1 or more."];
+    }
     if (s.seed !== "" && !(Number.isInteger(Number(s.seed)) && Number(s.seed) >= 0)) {
       return [null, "Seed must be blank or a whole number, 0 or more."];
     }
@@ -859,12 +895,15 @@
     // Another tab changed the saved chats: pick that up unless a reply is streaming here.
     window.addEventListener("storage", (e) => {
       if (e.key !== STORE_CONVS || state.gen) return;
-      const draft = state.draft;
-      const active = state.activeId;
-      loadState();
-      if (draft && active === draft.id) { state.draft = draft; state.activeId = draft.id; }
+      // Another tab saved: take its list, but keep this tab's own open conversation (or unsent draft), and
+      // leave the thread alone (an open edit box, the scroll position) unless that conversation changed.
+      const before = activeConv();
+      state.convs = storedConvs();
+      if (!activeConv()) newDraft();
       renderSidebar();
-      renderThread();
+      const after = activeConv();
+      if (after !== state.draft && (!before || after.updated !== before.updated)) renderThread();
+      else if (after === state.draft && before !== state.draft) renderThread();
     });
   }
 

@@ -255,8 +255,9 @@
       const before = text[j - 1];
       const after = text[j + delim.length];
       const okBefore = before !== undefined && !/\s/.test(before);
-      // Intraword underscores (snake_case) never close emphasis.
-      const okAfter = delim[0] !== "_" || after === undefined || !/[\p{L}\p{N}]/u.test(after);
+      // Intraword delimiters never close emphasis: snake_case, and 2*3*4 (arithmetic is common in chat; this
+      // is stricter than CommonMark, which would italicise the 3).
+      const okAfter = (delim[0] !== "_" && delim.length === 2) || after === undefined || !/[\p{L}\p{N}]/u.test(after);
       // "**" must not be read as the closer of "*".
       const notLonger = delim.length === 2 || (text[j + 1] !== delim[0] && before !== delim[0]);
       if (j > from && okBefore && okAfter && notLonger) return j;
@@ -383,9 +384,9 @@
         if (c === "~" && !dbl) { buf += c; i++; continue; }
         const delim = dbl ? c + c : c;
         const next = text[i + delim.length];
-        // Opening delimiter: must be followed by non-space; "_" must not sit inside a word (snake_case).
+        // Opening delimiter: must be followed by non-space, and "_" / single "*" must not sit inside a word.
         const leftOk = next !== undefined && !/\s/.test(next) &&
-          (c !== "_" || i === 0 || !/[\p{L}\p{N}]/u.test(text[i - 1]));
+          ((c !== "_" && dbl) || i === 0 || !/[\p{L}\p{N}]/u.test(text[i - 1]));
         const close = leftOk ? findCloser(text, delim, i + delim.length) : null;
         if (close !== null) {
           flush();

@@ -53,6 +53,7 @@ class Progress:
         self._last = 0.0
         self._lock = threading.Lock()
         self._closed = False
+        self._drawn_full = False
         try:
             self._tty = self.file.isatty()
         except (AttributeError, ValueError):
@@ -65,7 +66,9 @@ class Progress:
             if postfix:
                 self.postfix.update(postfix)
             now = time.monotonic()
-            if now - self._last >= self._interval or (self.total is not None and self.n >= self.total):
+            finished = self.total is not None and self.n >= self.total and not self._drawn_full
+            if finished or now - self._last >= self._interval:
+                self._drawn_full = self._drawn_full or finished
                 self._last = now
                 self._draw(final=False)
 

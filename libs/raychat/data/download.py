@@ -76,13 +76,14 @@ def shard_name(index: int) -> str:
 
 
 def shard_indices(spec: DatasetSpec, num_shards: int) -> list[int]:
-    """Training shards 0..num_shards-1 (-1 = all) plus the pinned validation shard."""
+    """The pinned validation shard first (so a partial directory never mistakes a training shard for it),
+    then training shards 0..num_shards-1 (-1 = all)."""
     if num_shards == -1:
         num_shards = spec.num_train_shards
     if not 1 <= num_shards <= spec.num_train_shards:
         raise RaychatError(f"--num-shards must be 1..{spec.num_train_shards} (or -1 for all) for {spec.name}, "
                            f"got {num_shards}")
-    return [*range(num_shards), spec.max_shard]
+    return [spec.max_shard, *range(num_shards)]
 
 
 @contextmanager
@@ -190,9 +191,7 @@ def download_file(url: str, dest: str | os.PathLike, max_attempts: int = 8, back
                 os.replace(part, dest)
                 lock.unlink(missing_ok=True)  # safe: waiters re-check `dest`, which now exists
                 return "downloaded"
-            except (_Retry, urllib.error.URLError, HTTPException, ConnectionError, TimeoutError, OSError) as e:
-                if isinstance(e, DownloadError):
-                    raise
+            except (_Retry, HTTPException, OSError) as e:  # OSError covers URLError, timeouts, resets
                 after = part.stat().st_size if part.exists() else 0
                 failures = 0 if after > before else failures + 1  # progress resets the retry budget
                 if failures >= max_attempts:

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from raychat.common import RaychatError
 from raychat.progress import Progress
 

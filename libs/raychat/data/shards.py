@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
 from raychat.common import RaychatError, shared_data_dir
 
 TEXT_COLUMN = "text"
@@ -113,3 +112,14 @@ def iter_texts(paths: list[Path], max_chars: int | None = None, doc_cap: int | N
                 yield text
             if max_chars is not None and total >= max_chars:
                 return
+
+
+def estimate_text_bytes(paths: list[Path]) -> int:
+    """Uncompressed size of the `text` column from parquet metadata (no data read): a cheap estimate of the
+    corpus size for progress bars."""
+    total = 0
+    for p in paths:
+        md = pq.ParquetFile(p).metadata
+        j = md.schema.names.index(TEXT_COLUMN) if TEXT_COLUMN in md.schema.names else 0
+        total += sum(md.row_group(g).column(j).total_uncompressed_size for g in range(md.num_row_groups))
+    return total

@@ -117,6 +117,12 @@ class Engine:
         step. Returns False if the request is unknown or already finished."""
         return self.scheduler.cancel(request_id)
 
+    def abort_all(self) -> None:
+        """Drop every request without events (after a failed step, or at shutdown): all slots free again."""
+        self.scheduler = Scheduler(self.max_batch_size, max_prefill_tokens=self.scheduler.max_prefill_tokens)
+        self._stash = []
+        self.runner.reset()
+
     def has_work(self) -> bool:
         return self.scheduler.has_work() or bool(self._stash)
 

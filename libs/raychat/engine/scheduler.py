@@ -65,7 +65,7 @@ class Scheduler:
                     if seq.row is not None:
                         self.release(seq)
             req.status = Status.FINISHED
-            del self.requests[req.request_id]
+            self.requests.pop(req.request_id, None)  # release() may have dropped it already
         return out
 
     def admit(self) -> list[Request]:

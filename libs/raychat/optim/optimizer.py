@@ -54,9 +54,13 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _grads_or_zeros(params: list[Tensor]) -> list[Tensor]:
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
 @dataclass
 class _MuonReduce:
-    grad_chunk: Tensor        # (chunk, m, n) mean gradients of this rank's matrices (rows past K-rank*chunk: pad)
+    grad_chunk: Tensor | None  # (chunk, m, n) mean grads of this rank's matrices (+ zero pad); None at W = 1
     chunk: int                # matrices per rank, ceil(K / W)
     full: Tensor | None       # (chunk * W, m, n) send buffer, reused as the all-gather output; None at W = 1
     work: object | None       # async reduce-scatter handle
@@ -82,24 +86,26 @@ class MuonAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, param_groups: list[dict]):
-        groups = []
-        for i, g in enumerate(param_groups):
-            g = dict(g)
-            g["params"] = list(g["params"])
-            kind = g.get("kind")
-            if kind not in ("adamw", "muon"):
-                raise ValueError(f"param group {i}: kind must be 'adamw' or 'muon', got {kind!r}")
-            if "lr" not in g:
-                raise ValueError(f"param group {i} ({kind}) has no lr")
-            for k, v in (ADAMW_DEFAULTS if kind == "adamw" else MUON_DEFAULTS).items():
-                g.setdefault(k, v)
-            g.setdefault("initial_lr", g["lr"])
-            if kind == "muon":
-                shapes = {tuple(p.shape) for p in g["params"]}
-                if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
-                    raise ValueError(f"param group {i} (muon): needs 2-D parameters of one shape, got {sorted(shapes)}")
-            groups.append(g)
-        super().__init__(groups, defaults={})
+        super().__init__(param_groups, defaults={})
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Validate a group and fill its defaults (torch's __init__ calls this for every group too)."""
+        g = dict(param_group)
+        g["params"] = list(g["params"])
+        kind = g.get("kind")
+        if kind not in ("adamw", "muon"):
+            raise ValueError(f"param group {g.get('name', len(self.param_groups))!r}: kind must be 'adamw' or "
+                             f"'muon', got {kind!r}")
+        if "lr" not in g:
+            raise ValueError(f"param group {g.get('name', len(self.param_groups))!r} ({kind}) has no lr")
+        for k, v in (ADAMW_DEFAULTS if kind == "adamw" else MUON_DEFAULTS).items():
+            g.setdefault(k, v)
+        g.setdefault("initial_lr", g["lr"])
+        if kind == "muon":
+            shapes = {tuple(p.shape) for p in g["params"]}
+            if len(shapes) > 1 or any(len(s) != 2 for s in shapes):
+                raise ValueError(f"muon param group needs 2-D parameters of one shape, got {sorted(shapes)}")
+        super().add_param_group(g)
 
     # ------------------------------------------------------------------ step
 
@@ -131,10 +137,10 @@ class MuonAdamW(torch.optim.Optimizer):
         params: list[Tensor] = group["params"]
         if not params or all(p.grad is None for p in params):
             return None
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         K, chunk = len(params), math.ceil(len(params) / world)
-        if world == 1:
-            return _MuonReduce(torch.stack(grads), chunk, None, None)  # (K, m, n)
+        if world == 1:  # nothing to reduce; stack in phase 2, so only one group's stack is alive at a time
+            return _MuonReduce(None, chunk, None, None)
+        grads = _grads_or_zeros(params)
         full = grads[0].new_empty((chunk * world, *params[0].shape))  # (chunk*W, m, n), zero-padded
         torch._foreach_copy_(list(full[:K].unbind(0)), grads)
         full[K:].zero_()
@@ -145,9 +151,11 @@ class MuonAdamW(torch.optim.Optimizer):
     def _muon_update(self, group: dict, red: _MuonReduce | None, rank: int, world: int) -> list:
         if red is None:
             return []
+        params: list[Tensor] = group["params"]
         if red.work is not None:
             red.work.wait()
-        params: list[Tensor] = group["params"]
+        if red.grad_chunk is None:
+            red.grad_chunk = torch.stack(_grads_or_zeros(params))  # world size 1: (K, m, n)
         owned = params[rank * red.chunk:(rank + 1) * red.chunk]  # the last ranks may own fewer (or none)
         n_own = len(owned)
         if n_own:
@@ -156,7 +164,8 @@ class MuonAdamW(torch.optim.Optimizer):
             if not state:
                 state["momentum_buffer"] = torch.zeros((n_own, m, n), dtype=params[0].dtype, device=params[0].device)
                 vshape = (n_own, m, 1) if m >= n else (n_own, 1, n)
-                state["second_momentum_buffer"] = torch.zeros(vshape, dtype=torch.float32, device=params[0].device)
+                vdtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32  # fp32 at least
+                state["second_momentum_buffer"] = torch.zeros(vshape, dtype=vdtype, device=params[0].device)
             stacked = torch.stack(owned)  # (n_own, m, n)
             muon_update_(red.grad_chunk[:n_own], stacked, state["momentum_buffer"], state["second_momentum_buffer"],
                          lr=group["lr"], momentum=group["momentum"], beta2=group["beta2"],

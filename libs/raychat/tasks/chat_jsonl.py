@@ -12,36 +12,18 @@ from pathlib import Path
 
 from raychat.common import RaychatError
 from raychat.tasks.common import Task
-
-_ROLES = {"system", "user", "assistant"}
-_PART_TYPES = {"text", "python", "python_output"}
+from raychat.tokenizer.chat import ConversationError, validate_messages
 
 
 def validate_conversation(conv, where: str = "conversation") -> None:
-    """Raise RaychatError unless `conv` follows the contract: messages alternate user/assistant (an optional
-    system message first), every content is a string or (assistant only) a list of typed parts."""
-    if not isinstance(conv, dict) or not isinstance(conv.get("messages"), list) or not conv["messages"]:
-        raise RaychatError(f"{where}: expected an object with a non-empty 'messages' list")
-    msgs = conv["messages"]
-    start = 1 if msgs[0].get("role") == "system" else 0
-    if start == 1 and len(msgs) == 1:
-        raise RaychatError(f"{where}: a system message must be followed by a user message")
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise RaychatError(f"{where}: message {i} needs a role in {sorted(_ROLES)}")
-        if i >= start:
-            expected = "user" if (i - start) % 2 == 0 else "assistant"
-            if m["role"] != expected:
-                raise RaychatError(f"{where}: message {i} should be {expected!r} (roles alternate), got {m['role']!r}")
-        content = m.get("content")
-        if isinstance(content, str):
-            continue
-        if m["role"] == "assistant" and isinstance(content, list) and all(
-                isinstance(p, dict) and p.get("type") in _PART_TYPES and isinstance(p.get("text"), str)
-                for p in content):
-            continue
-        raise RaychatError(f"{where}: message {i} content must be a string"
-                           + (" or a list of {type, text} parts" if m["role"] == "assistant" else ""))
+    """Raise RaychatError unless `conv` renders with the chat template (the tokenizer's rules are the only ones:
+    roles alternate user/assistant after an optional system message, non-empty contents, typed assistant parts)."""
+    if not isinstance(conv, dict) or not isinstance(conv.get("messages"), list):
+        raise RaychatError(f"{where}: expected an object with a 'messages' list")
+    try:
+        validate_messages(conv)
+    except ConversationError as e:
+        raise RaychatError(f"{where}: {e}") from None
 
 
 class ChatJsonl(Task):

@@ -23,7 +23,6 @@ import re
 from decimal import Decimal, InvalidOperation
 
 import numpy as np
-
 from raychat.common import RaychatError
 
 

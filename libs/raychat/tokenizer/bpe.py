@@ -26,7 +26,6 @@ from pathlib import Path
 
 import tiktoken
 import torch
-
 from raychat.common import RaychatError
 
 SPECIAL_TOKENS = [
@@ -227,6 +226,7 @@ def train_tokenizer(text_iterator: Iterable[str] | Iterator[str], vocab_size: in
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the tokenizer is meant to be shared
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -89,6 +89,8 @@ def _pow(base, exp):
         r = base ** exp
     except OverflowError:
         raise CalculatorError("result too large") from None
+    except ZeroDivisionError:
+        raise CalculatorError("division by zero") from None
     if isinstance(r, complex):
         raise CalculatorError("complex result is not supported")
     return r

@@ -30,7 +30,7 @@ import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
 
 # ---------------------------------------------------------------------------------------------------------
 # Limits and the error type handlers raise
@@ -248,7 +248,7 @@ def parse_ws_message(text: str) -> WsChat | WsStop:
         err = e.errors(include_url=False)[0]
         if err.get("type") == "json_invalid":
             raise ApiError(f"frame is not valid JSON: {err.get('msg')}", code="invalid_json") from None
-        if err.get("type") in ("union_tag_not_found", "union_tag_invalid", "model_attributes_type"):
+        if not err.get("loc") or err.get("type") in ("union_tag_not_found", "union_tag_invalid"):
             raise ApiError('expected a JSON object with "type": "chat" or "stop"', code="invalid_value") from None
         raise pydantic_error(e, skip=1) from None  # locations start with the tag ("chat")
 
@@ -319,8 +319,14 @@ class ChatCompletionResponse(BaseModel):
 
 
 class DeltaMessage(BaseModel):
+    """A streamed delta: unset fields are left out (the final chunk's delta is `{}`), as OpenAI sends it."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatChunkChoice(BaseModel):

@@ -1,0 +1,168 @@
+"""The CORE eval bundle: where it is, what it holds, and downloading the official one.
+
+Layout (the one DCLM/nanochat use): `core.yaml` (`icl_tasks`: label, dataset_uri, num_fewshot, icl_task_type,
+optional continuation_delimiter), `eval_meta_data.csv` (`Eval Task`, `Random baseline` in percent) and
+`eval_data/<category>/<task>.jsonl`.
+
+The official bundle (22 tasks, ~160 MB zip, top folder `eval_bundle/`) is nanochat's download from
+`EVAL_BUNDLE_URL`. The shared copy at ../shared/data/eval_bundle holds 20 of the 22 (squad and coqa were not
+sourced; its core.yaml lists them under `missing_icl_tasks`). Whatever a bundle lacks is reported by name, and
+CORE is then the mean over the tasks that ran, which is not comparable to a 22-task CORE: reports must say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from raychat.common import RaychatError, print0, shared_data_dir
+
+EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
+
+# The 22 CORE tasks (DCLM's low-variance set), in DCLM's order.
+CORE_TASK_LABELS = (
+    "hellaswag_zeroshot", "jeopardy", "bigbench_qa_wikidata", "arc_easy", "arc_challenge", "copa", "commonsense_qa",
+    "piqa", "openbook_qa", "lambada_openai", "hellaswag", "winograd", "winogrande", "bigbench_dyck_languages",
+    "agi_eval_lsat_ar", "bigbench_cs_algorithms", "bigbench_operators", "bigbench_repeat_copy_logic", "squad",
+    "coqa", "boolq", "bigbench_language_identification",
+)
+TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+
+
+@dataclass(frozen=True)
+class CoreTaskSpec:
+    label: str
+    task_type: str               # multiple_choice | schema | language_modeling
+    path: Path                   # the task's jsonl
+    num_fewshot: int
+    continuation_delimiter: str
+    random_baseline: float       # percent, from eval_meta_data.csv
+
+
+@dataclass
+class CoreBundle:
+    root: Path
+    tasks: list[CoreTaskSpec]
+    missing: list[str] = field(default_factory=list)   # "label (reason)" for each CORE task that cannot run
+
+
+def load_bundle(bundle_dir) -> CoreBundle:
+    """Parse a bundle directory; tasks whose data file is absent are listed in `missing`, not fatal."""
+    root = Path(bundle_dir).expanduser()
+    cfg_path, meta_path = root / "core.yaml", root / "eval_meta_data.csv"
+    for p in (cfg_path, meta_path):
+        if not p.is_file():
+            raise RaychatError(f"not a CORE eval bundle: {p} is missing (expected core.yaml, eval_meta_data.csv "
+                               f"and eval_data/ in {root})")
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise RaychatError(f"{cfg_path}: invalid YAML ({e})") from None
+    baselines = {}
+    with open(meta_path, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                baselines[row["Eval Task"]] = float(row["Random baseline"])
+            except (KeyError, TypeError, ValueError):
+                continue
+    tasks, missing = [], []
+    for i, t in enumerate(cfg.get("icl_tasks") or []):
+        try:
+            label, uri, ttype = t["label"], t["dataset_uri"], t["icl_task_type"]
+            shots = t.get("num_fewshot", [0])
+            shots = int(shots[0] if isinstance(shots, list) else shots)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise RaychatError(f"{cfg_path}: icl_tasks[{i}] needs label, dataset_uri, icl_task_type, "
+                               "num_fewshot") from None
+        if ttype not in TASK_TYPES:
+            raise RaychatError(f"{cfg_path}: task {label!r} has unknown icl_task_type {ttype!r}")
+        if label not in baselines:
+            raise RaychatError(f"{meta_path}: no 'Random baseline' for task {label!r}")
+        path = root / "eval_data" / uri
+        if not path.is_file():
+            missing.append(f"{label} (no file eval_data/{uri})")
+            continue
+        tasks.append(CoreTaskSpec(label, ttype, path, shots, t.get("continuation_delimiter", " "), baselines[label]))
+    present = {t.label for t in tasks} | {m.split(" ")[0] for m in missing}
+    for t in cfg.get("missing_icl_tasks") or []:
+        if t.get("label") not in present:
+            missing.append(f"{t.get('label')} (listed as missing by the bundle)")
+            present.add(t.get("label"))
+    missing += [f"{label} (not in core.yaml)" for label in CORE_TASK_LABELS if label not in present]
+    return CoreBundle(root, tasks, missing)
+
+
+def download_eval_bundle(dest_dir, url: str = EVAL_BUNDLE_URL, timeout: float = 60.0) -> Path:
+    """Download the bundle zip and unpack it so that `dest_dir/core.yaml` exists. Atomic: the unpacked folder
+    is renamed into place, so an interrupted download never leaves a half bundle that looks complete."""
+    from raychat.progress import Progress
+
+    dest = Path(dest_dir).expanduser()
+    if (dest / "core.yaml").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".eval_bundle_", dir=dest.parent) as tmp:
+        zpath = Path(tmp) / "eval_bundle.zip"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(zpath, "wb") as out:
+                total = int(resp.headers.get("Content-Length") or 0) or None
+                bar = Progress(total, desc="eval_bundle.zip", unit="B")
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                bar.close()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise RaychatError(f"could not download the CORE eval bundle from {url}: {e}; pass a local bundle "
+                               "directory instead (--eval-bundle DIR)") from None
+        try:
+            with zipfile.ZipFile(zpath) as z:
+                z.extractall(Path(tmp) / "x")      # zipfile drops absolute paths and '..' components
+        except zipfile.BadZipFile:
+            raise RaychatError(f"{url} did not return a zip file") from None
+        found = sorted((p.parent for p in (Path(tmp) / "x").rglob("core.yaml")), key=lambda p: len(p.parts))
+        if not found:
+            raise RaychatError(f"the archive from {url} holds no core.yaml")
+        if dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()                            # an empty target folder (e.g. made by the user) is fine
+        try:
+            os.replace(found[0], dest)
+        except OSError:
+            # a concurrent downloader may have won the race (fine); anything else there is the user's: keep it
+            if not (dest / "core.yaml").is_file():
+                raise RaychatError(f"cannot unpack the eval bundle into {dest}: it exists and is not a bundle"
+                                   ) from None
+    print0(f"CORE eval bundle ready at {dest}")
+    return dest
+
+
+def default_bundle_cache() -> Path:
+    return Path(os.environ.get("RAYCHAT_HOME", Path.home() / ".cache" / "raychat")) / "eval_bundle"
+
+
+def find_eval_bundle(bundle_dir=None, download: bool = False, url: str = EVAL_BUNDLE_URL) -> Path:
+    """Pick the bundle: an explicit directory (downloaded into if absent and `download`), else the cached official
+    bundle, else download it (if allowed), else the shared 20-task copy; error with what to do otherwise."""
+    if bundle_dir is not None:
+        p = Path(bundle_dir).expanduser()
+        if (p / "core.yaml").is_file():
+            return p
+        if download:
+            return download_eval_bundle(p, url)
+        raise RaychatError(f"no CORE eval bundle at {p} (core.yaml missing); pass --download to fetch the official "
+                           f"one from {url}")
+    cache = default_bundle_cache()
+    if (cache / "core.yaml").is_file():
+        return cache
+    if download:
+        return download_eval_bundle(cache, url)
+    shared = shared_data_dir()
+    if shared is not None and (shared / "eval_bundle" / "core.yaml").is_file():
+        return shared / "eval_bundle"
+    raise RaychatError(f"no CORE eval bundle found: pass --eval-bundle DIR, or allow the download from {url}")

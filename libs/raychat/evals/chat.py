@@ -1,0 +1,166 @@
+"""Chat evals: how well a chat model (SFT or RL stage) answers, per task, and ChatCORE over the tasks.
+
+- Categorical (ARC-Easy, ARC-Challenge, MMLU): one forward over the rendered prompt (ending with
+  <|assistant_start|>); at the last position, the logits of the allowed letters only are compared and the largest
+  wins. No sampling, so a model is graded on what it knows, not on whether it also learned to stop after a letter.
+- Generative (GSM8K, HumanEval, SpellingBee, SimpleArithmetic): the engine samples `num_samples` completions (tool
+  use on: GSM8K and SpellingBee call the calculator); the task's checker grades each; a problem passes if any
+  sample passes (pass@k; greedy pass@1 by default). HumanEval runs the code in the sandbox.
+- ChatCORE: the mean of centered accuracies, (acc - baseline) / (1 - baseline), with baseline 0.25 for the 4-way
+  multiple-choice tasks and 0 for generative ones: 0 = chance, 1 = perfect, comparable across task mixes.
+
+The engine is anything with `generate(prompt_ids, SamplingParams) -> list[list[int]]` (completion ids); when it
+also has `generate_many(prompts, params)` (raychat's Engine), problems are batched through continuous batching.
+Distributed: rank r takes problems r, r+W, ...; pass counts are all-reduced.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from raychat.common import RaychatError, get_dist_info
+from raychat.progress import Progress
+from raychat.tasks import eval_task
+from raychat.tasks.common import Task
+
+BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0,
+             "SpellingBee": 0.0, "SimpleArithmetic": 0.0}
+CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        info = get_dist_info()
+        return info.rank, info.world_size
+    return 0, 1
+
+
+def _reduce_counts(passed: int, total: int, device) -> tuple[int, int]:
+    rank, world = _rank_world()
+    if world == 1:
+        return passed, total
+    t = torch.tensor([passed, total], dtype=torch.long, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return int(t[0]), int(t[1])
+
+
+def _problem_ids(task: Task, max_problems: int | None) -> list[int]:
+    n = len(task) if max_problems is None else min(len(task), max_problems)
+    rank, world = _rank_world()
+    return list(range(rank, n, world))
+
+
+def _prompt(tokenizer, conversation: dict) -> list[int]:
+    # drop the reference answer: the prompt ends with <|assistant_start|>
+    return tokenizer.render_for_completion({"messages": conversation["messages"][:-1]})
+
+
+@torch.no_grad()
+def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_problems: int | None = None,
+                         device=None, progress: bool = True) -> dict:
+    if device is None:
+        device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+    ids = _problem_ids(task, max_problems)
+    letter_cache: dict[str, int] = {}
+
+    def letter_id(letter: str) -> int:
+        if letter not in letter_cache:
+            enc = tokenizer.encode(letter)
+            if len(enc) != 1:
+                raise RaychatError(f"answer letter {letter!r} is {len(enc)} tokens; categorical eval needs one token")
+            letter_cache[letter] = enc[0]
+        return letter_cache[letter]
+
+    passed = 0
+    bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or _rank_world()[0] != 0)
+    for b in range(0, len(ids), batch_size):
+        convs = [task[i] for i in ids[b: b + batch_size]]
+        prompts = [_prompt(tokenizer, c) for c in convs]
+        T = max(len(p) for p in prompts)
+        x = torch.full((len(prompts), T), tokenizer.bos_id, dtype=torch.long)   # right padding: causal model
+        for i, p in enumerate(prompts):
+            x[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        logits = model(x.to(device))                                           # (B, T, V)
+        for i, (conv, p) in enumerate(zip(convs, prompts)):
+            letters = conv["letters"]
+            allowed = torch.tensor([letter_id(letter) for letter in letters], device=logits.device)
+            pred = letters[int(logits[i, len(p) - 1, allowed].argmax())]
+            passed += bool(task.evaluate(conv, pred))
+        bar.update(len(convs), acc=passed / min(b + batch_size, len(ids)))
+    bar.close()
+    passed, total = _reduce_counts(passed, len(ids), device)
+    return {"accuracy": passed / total if total else float("nan"), "num_passed": passed, "num_total": total}
+
+
+def _completion_text(tokenizer, prompt: list[int], ids: list[int]) -> str:
+    """Decode a completion: drop an echoed prompt (engines differ) and anything after <|assistant_end|>."""
+    if len(ids) >= len(prompt) and ids[: len(prompt)] == prompt:
+        ids = ids[len(prompt):]
+    end = tokenizer.special_id("<|assistant_end|>")
+    if end in ids:
+        ids = ids[: ids.index(end)]
+    return tokenizer.decode(ids)
+
+
+def run_generative_eval(task: Task, tokenizer, engine, num_samples: int = 1, max_tokens: int = 512,
+                        temperature: float = 0.0, top_k: int | None = 50, max_problems: int | None = None,
+                        chunk: int = 32, seed: int = 0, progress: bool = True, device="cpu") -> dict:
+    from raychat.engine import SamplingParams
+
+    ids = _problem_ids(task, max_problems)
+    passed = 0
+    bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or _rank_world()[0] != 0)
+    for b in range(0, len(ids), chunk):
+        chunk_ids = ids[b: b + chunk]
+        convs = [task[i] for i in chunk_ids]
+        prompts = [_prompt(tokenizer, c) for c in convs]
+        params = [SamplingParams(temperature=temperature, top_k=top_k, max_tokens=max_tokens, seed=seed + i,
+                                 num_samples=num_samples) for i in chunk_ids]
+        if hasattr(engine, "generate_many"):
+            outs = [[c.tokens for c in comps] for comps in engine.generate_many(prompts, params)]
+        else:
+            outs = [engine.generate(p, sp) for p, sp in zip(prompts, params)]
+        for conv, prompt, samples in zip(convs, prompts, outs):
+            texts = [_completion_text(tokenizer, prompt, s) for s in samples]
+            passed += any(task.evaluate(conv, t) for t in texts)
+        bar.update(len(convs), acc=passed / (b + len(convs)))
+    bar.close()
+    passed, total = _reduce_counts(passed, len(ids), device)
+    return {"accuracy": passed / total if total else float("nan"), "num_passed": passed, "num_total": total}
+
+
+def run_chat_eval(task_name: str, model, tokenizer, engine, max_problems: int | None = None, batch_size: int = 8,
+                  num_samples: int = 1, max_tokens: int = 512, temperature: float = 0.0, top_k: int | None = 50,
+                  data_dir=None, task: Task | None = None, device=None, progress: bool = True) -> dict:
+    """Evaluate one named task (see `raychat.tasks.EVAL_TASK_NAMES`); `task` overrides the named dataset.
+    Returns {"task", "eval_type", "accuracy", "centered", "baseline", "num_passed", "num_total", "seconds"}."""
+    task = task if task is not None else eval_task(task_name, data_dir)
+    t0 = time.perf_counter()
+    if task.eval_type == "categorical":
+        res = run_categorical_eval(task, tokenizer, model, batch_size=batch_size, max_problems=max_problems,
+                                   device=device, progress=progress)
+    elif task.eval_type == "generative":
+        dev = device or (next(model.parameters()).device if hasattr(model, "parameters") else "cpu")
+        res = run_generative_eval(task, tokenizer, engine, num_samples=num_samples, max_tokens=max_tokens,
+                                  temperature=temperature, top_k=top_k, max_problems=max_problems,
+                                  progress=progress, device=dev)
+    else:
+        raise RaychatError(f"task {task_name!r} has no evaluation (eval_type={task.eval_type!r})")
+    baseline = BASELINES.get(task_name, 0.0)
+    return {"task": task_name, "eval_type": task.eval_type, **res, "baseline": baseline,
+            "centered": (res["accuracy"] - baseline) / (1.0 - baseline), "seconds": time.perf_counter() - t0}
+
+
+def chatcore(results: dict) -> float:
+    """Mean centered accuracy. `results` maps task name -> accuracy, or -> a `run_chat_eval` result dict."""
+    if not results:
+        raise RaychatError("ChatCORE needs at least one task result")
+    centered = []
+    for name, r in results.items():
+        acc = r["accuracy"] if isinstance(r, dict) else float(r)
+        if name not in BASELINES:
+            raise RaychatError(f"no ChatCORE baseline for task {name!r}; known: {', '.join(BASELINES)}")
+        b = BASELINES[name]
+        centered.append((acc - b) / (1.0 - b))
+    return sum(centered) / len(centered)

@@ -1,0 +1,107 @@
+"""`raychat serve`: serve a checkpoint on Ray Serve — the web chat page, WebSocket chat, an OpenAI-compatible
+API and Prometheus metrics, all on one port.
+
+    raychat serve --run-dir runs/tiny --stage sft                       # local Ray, http://127.0.0.1:8000
+    raychat serve --checkpoint /ckpt/sft/step_000800 --api-key "$KEY"  # one GPU: one replica with num_gpus=1
+    raychat serve --run-dir /shared/run --replicas 2 --max-replicas 8 --host 0.0.0.0 --address auto   # cluster
+
+Starts a local Ray (or joins `--address`), deploys the app, waits until the model is loaded, prints the
+URLs and blocks; Ctrl-C shuts Serve (and the local Ray) down.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from raychat.serve.protocol import Limits
+
+_LIMIT_FLAGS = {  # flag -> (Limits field, help)
+    "--max-concurrent-requests": ("max_concurrent_requests", "generations in flight per ingress before 429"),
+    "--max-concurrent-per-client": ("max_concurrent_per_client", "generations in flight per client IP, 0 = off"),
+    "--max-messages": ("max_messages", "messages per request"),
+    "--max-message-chars": ("max_message_chars", "characters per message"),
+    "--max-total-chars": ("max_total_chars", "characters over all messages of a request"),
+    "--default-max-tokens": ("default_max_tokens", "completion tokens when a request names none (capped by "
+                                                   "the context left)"),
+}
+
+
+def add_arguments(p):
+    p.add_argument("--run-dir", default=None, help="run directory holding tokenizer/ and checkpoints/<stage>/")
+    p.add_argument("--stage", default="sft", choices=["base", "sft", "rl"], help="checkpoint stage to serve")
+    p.add_argument("--checkpoint", default=None,
+                   help="explicit checkpoint (step dir, stage dir or run dir); overrides --run-dir/--stage")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to expose beyond this machine)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port for the page, WebSocket, API and /metrics")
+    p.add_argument("--replicas", type=int, default=1, help="engine replicas (the minimum when autoscaling)")
+    p.add_argument("--max-replicas", type=int, default=None,
+                   help="autoscale engine replicas between --replicas and this, on ongoing requests")
+    p.add_argument("--api-key", default=None,
+                   help="require this key on every route but /health (default: $RAYCHAT_API_KEY; unset = open)")
+    p.add_argument("--model-name", default=None, help="model id reported by /v1/models (default raychat-<stage>)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together per engine replica")
+    p.add_argument("--max-seq-len", type=int, default=None, help="context per sequence (default: the model's)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per engine replica (fractions ok)")
+    p.add_argument("--num-gpus", type=float, default=None,
+                   help="GPUs per engine replica (default: 1 if CUDA is visible here, else 0)")
+    p.add_argument("--device", default=None, help="engine device override: cpu | cuda")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address to join (e.g. auto); default: start a local Ray")
+    for flag, (field, help_) in _LIMIT_FLAGS.items():
+        p.add_argument(flag, type=int, default=getattr(Limits(), field), help=help_)
+
+
+def config_from_args(args):
+    from raychat.common import RaychatError
+    from raychat.serve.config import ServeConfig
+
+    limits = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in _LIMIT_FLAGS.items()}
+    autoscaling = None
+    if args.max_replicas is not None and args.max_replicas > args.replicas:
+        autoscaling = {"min_replicas": args.replicas, "max_replicas": args.max_replicas}
+    try:
+        return ServeConfig(run_dir=args.run_dir, stage=args.stage, checkpoint=args.checkpoint, step=args.step,
+                           model_name=args.model_name, host=args.host, port=args.port, replicas=args.replicas,
+                           autoscaling=autoscaling, api_key=args.api_key or os.environ.get("RAYCHAT_API_KEY"),
+                           limits=Limits(**limits), max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
+                           num_cpus=args.replica_cpus, num_gpus=args.num_gpus, device=args.device)
+    except (ValueError, TypeError) as e:
+        raise RaychatError(str(e)) from None
+
+
+def run(args):
+    import ray
+    from ray import serve
+
+    from raychat.checkpoint import resolve_checkpoint
+    from raychat.serve.app import start
+
+    config = config_from_args(args)
+    ckpt = resolve_checkpoint(config.model_path, config.stage, config.step)  # fail here, not in a replica
+    print(f"raychat serve: {ckpt}")
+    print(config.to_json())
+    t0 = time.time()
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=args.address, configure_logging=False)
+    try:
+        url = start(config)
+        print(f"raychat serve: ready in {time.time() - t0:.1f} s", flush=True)
+        ws = url.replace("http", "ws", 1)
+        key_hint = "?api_key=<key>" if config.api_key else ""
+        print(f"  chat page   {url}/{key_hint}\n  websocket   {ws}/ws/chat\n  openai api  {url}/v1  "
+              f"(model {config.model_name!r})\n  metrics     {url}/metrics\n  health      {url}/health, "
+              f"{url}/ready\nCtrl-C to stop.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("raychat serve: shutting down", flush=True)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            if started_ray:
+                ray.shutdown()
+    return 0

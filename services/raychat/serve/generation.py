@@ -1,0 +1,251 @@
+"""What one engine replica does with a request: chat template -> token ids -> engine -> typed text events.
+
+    svc = ChatService.load(config)                       # model + tokenizer + Engine + AsyncEngine
+    async for ev in svc.generate({"kind": "chat", "messages": [...], "params": {...}, "stop": []}):
+        ...   # {"type": "start"|"token"|"tool_call"|"tool_result"|"done"|"error", ...}
+
+Pure asyncio + the engine: no Ray, no HTTP. app.EngineDeployment wraps it in a Serve replica;
+`LocalEngineClient` drives it in-process (unit tests, the load test's local mode).
+
+Events (dicts, small: each one crosses a process boundary through a Serve streaming handle):
+    {"type": "start", "prompt_tokens", "max_tokens"}
+    {"type": "token", "text", "n"}           n = engine tokens consumed since the previous event
+    {"type": "tool_call", "text", "n"}       the expression between <|python_start|> and <|python_end|>
+    {"type": "tool_result", "text", "n"}     the forced output between <|output_start|> and <|output_end|>
+    {"type": "done", "finish_reason", "prompt_tokens", "completion_tokens", "n", "stats"}
+    {"type": "error", "code", "message", "status"}   only ever first (bad conversation, context overflow)
+Tokens that complete no text (half a UTF-8 character, a special token, a tool segment in progress) are
+carried into the next event's `n`, so the stream is one event per visible change, not per token.
+Turning token events into text deltas and tool segments is the engine's chat layer
+(raychat.engine.chat.ReplyAssembler); this module adds OpenAI stop strings, limits and the event format.
+/v1/completions uses the same assembler on a raw prompt (<|bos|> + text, no chat template).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+from raychat.serve.protocol import ApiError, context_length_error
+
+DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # OpenAI's temperature, nanochat's top_k
+
+
+class StopMatcher:
+    """OpenAI `stop` strings on the text stream: text that could be the start of a stop string is held back
+    until it is known not to be; on a match the text is cut before it."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """-> (text safe to emit now, stopped)."""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        keep = min(self.hold, len(self.pending))
+        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class ChatService:
+    """One engine plus the tokenizer on one device; serves many concurrent requests (continuous batching)."""
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_seq_len: int | None = None,
+                 default_max_tokens: int = 512, model_name: str = "raychat", meta: dict | None = None,
+                 device: str = "cpu"):
+        from raychat.engine import AsyncEngine, Engine
+
+        if tokenizer is None:
+            raise ApiError("checkpoint has no tokenizer/ directory beside it", status=500, code="internal")
+        self.tokenizer = tokenizer
+        self.engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=max_seq_len)
+        self.aengine = AsyncEngine(self.engine)
+        self.context = self.engine.max_seq_len
+        self.default_max_tokens = default_max_tokens
+        self.model_name = model_name
+        self.meta = meta or {}
+        self.device = device
+        self.replica = "local"
+
+    @classmethod
+    def load(cls, config) -> ChatService:
+        """From a ServeConfig: load the checkpoint on this process's device."""
+        import torch
+
+        from raychat.checkpoint import load_model
+        from raychat.common import detect_device
+
+        info = detect_device(config.device, config.dtype)
+        if info.device.type == "cpu":
+            # Ray sets OMP_NUM_THREADS from num_cpus; torch reads it only at import, so apply it explicitly
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+        model, tok, meta = load_model(config.model_path, stage=config.stage, step=config.step,
+                                      device=info.device, dtype=info.dtype)
+        return cls(model, tok, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
+                   default_max_tokens=config.limits.default_max_tokens, model_name=config.model_name, meta=meta,
+                   device=info.describe())
+
+    def info(self) -> dict:
+        cfg = self.engine.model.config
+        return {"model_name": self.model_name, "context": self.context, "vocab_size": cfg.vocab_size,
+                "n_layer": getattr(cfg, "n_layer", None), "max_batch_size": self.engine.max_batch_size,
+                "device": self.device, "checkpoint": self.meta.get("checkpoint_dir"), "step": self.meta.get("step")}
+
+    def stats(self) -> dict:
+        s = self.aengine.stats()
+        return {"replica": self.replica, "running": s.get("running", 0), "waiting": s.get("waiting", 0),
+                "kv_cache_usage": s.get("kv_cache_usage", 0.0)}
+
+    def shutdown(self) -> None:
+        self.aengine.shutdown()
+
+    # ---- one request ---------------------------------------------------------------------------------------
+    def _prompt(self, request: dict) -> list[int]:
+        from raychat.engine.chat import render_chat_prompt
+        from raychat.tokenizer import ConversationError
+
+        if request["kind"] == "completion":
+            return self.tokenizer.encode(request["prompt"], prepend=self.tokenizer.bos_id)
+        try:
+            return render_chat_prompt(self.tokenizer, request["messages"])
+        except ConversationError as e:
+            raise ApiError(str(e), param="messages") from None
+
+    def _params(self, request: dict, prompt_tokens: int):
+        from raychat.engine import SamplingParams
+
+        p = {k: v for k, v in request.get("params", {}).items() if v is not None}
+        room = self.context - prompt_tokens
+        if "max_tokens" in p:
+            if prompt_tokens + p["max_tokens"] > self.context:
+                raise context_length_error(self.context, prompt_tokens, p["max_tokens"])
+        elif room < 1:
+            raise context_length_error(self.context, prompt_tokens, None)
+        else:
+            p["max_tokens"] = min(self.default_max_tokens, room)
+        merged = {**DEFAULTS, **p}
+        return SamplingParams(temperature=float(merged["temperature"]), top_k=int(merged["top_k"]) or None,
+                              top_p=float(merged["top_p"]), max_tokens=int(merged["max_tokens"]),
+                              seed=merged.get("seed"))
+
+    async def generate(self, request: dict) -> AsyncIterator[dict]:
+        from raychat.engine import ContextLengthError
+        from raychat.engine.chat import ReplyAssembler
+
+        try:
+            prompt = self._prompt(request)
+            params = self._params(request, len(prompt))
+        except ApiError as e:
+            yield {"type": "error", "code": e.code, "message": e.message, "status": e.status, "param": e.param}
+            return
+        asm = ReplyAssembler(self.tokenizer)
+        stop = StopMatcher(request.get("stop") or [])
+        pending_n, finish = 0, None
+        yield {"type": "start", "prompt_tokens": len(prompt), "max_tokens": params.max_tokens}
+        stream = self.aengine.generate(prompt, params)
+        try:
+            async for ev in stream:
+                pending_n += ev.token_id >= 0
+                deltas = asm.feed(ev)
+                if ev.finish_reason is not None:
+                    finish = ev.finish_reason
+                    deltas += asm.finish()
+                stopped = False
+                for d in deltas:
+                    text = d.text
+                    if d.type == "token":
+                        text, stopped = stop.feed(text)
+                    else:
+                        held = stop.flush()  # text held back for a possible stop string comes first
+                        if held:
+                            yield {"type": "token", "text": held, "n": pending_n}
+                            pending_n = 0
+                    if text:
+                        yield {"type": d.type, "text": text, "n": pending_n}
+                        pending_n = 0
+                    if stopped:
+                        break
+                if stopped:
+                    finish = "stop"  # leaving the loop closes the stream, which cancels the engine request
+                    break
+                if finish is not None:
+                    break
+        except ContextLengthError as e:  # cannot happen after _params' check; kept so it never becomes a 500
+            yield {"type": "error", "code": "context_length_exceeded", "status": 400, "param": "messages",
+                   "message": str(e)}
+            return
+        finally:
+            await stream.aclose()
+        tail = stop.flush()
+        if tail:
+            yield {"type": "token", "text": tail, "n": pending_n}
+            pending_n = 0
+        yield {"type": "done", "finish_reason": finish or "stop", "prompt_tokens": len(prompt),
+               "completion_tokens": asm.num_tokens, "n": pending_n, "stats": self.stats()}
+
+
+class StreamCancelled(Exception):
+    """What iterating a cancelled local stream raises (Serve raises RequestCancelledError)."""
+
+
+class _LocalStream:
+    """An in-process stand-in for a Serve DeploymentResponseGenerator: async-iterable, with cancel()."""
+
+    def __init__(self, agen: AsyncIterator[dict]):
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._pump(agen))
+
+    async def _pump(self, agen) -> None:
+        try:
+            async for ev in agen:
+                await self._queue.put(ev)
+            await self._queue.put(StopAsyncIteration())
+        except asyncio.CancelledError:
+            await agen.aclose()
+            self._queue.put_nowait(StreamCancelled("request cancelled"))
+            raise
+        except Exception as e:  # noqa: BLE001 - surfaced to the consumer
+            await self._queue.put(e)
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> dict:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+class LocalEngineClient:
+    """The engine-client interface api.py talks to, backed by an in-process ChatService (no Ray)."""
+
+    def __init__(self, service: ChatService):
+        self.service = service
+
+    def generate(self, request: dict) -> _LocalStream:
+        return _LocalStream(self.service.generate(request))
+
+    async def stats(self) -> list[dict]:
+        return [self.service.stats()]
+
+    async def ready(self) -> dict:
+        return {"ready": True, "replicas": 1, "ready_replicas": 1, "errors": []}
+
+    async def info(self) -> dict | None:
+        return self.service.info()

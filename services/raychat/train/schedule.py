@@ -1,0 +1,27 @@
+"""Schedules, as pure functions of the step: learning-rate multiplier (linear warm-up, constant, linear
+warm-down to a final fraction), Muon momentum warm-up, and weight decay that follows the learning rate."""
+
+from __future__ import annotations
+
+
+def lr_multiplier(step: int, num_iterations: int, warmup_steps: int = 0, warmdown_ratio: float = 0.4,
+                  final_lr_frac: float = 0.0) -> float:
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    warmdown_steps = round(warmdown_ratio * num_iterations)
+    start = num_iterations - warmdown_steps
+    if step < start or warmdown_steps == 0:
+        return 1.0
+    progress = (num_iterations - step) / warmdown_steps  # 1 -> 0 over the warm-down
+    return progress + (1 - progress) * final_lr_frac
+
+
+def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
+    frac = min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
+    return (1 - frac) * start + frac * end
+
+
+def weight_decay_at(step: int, num_iterations: int, base: float) -> float:
+    """Decay linearly to zero over the run: late in training the (already small) learning rate times a full
+    weight decay would keep shrinking weights that no longer get useful gradient signal."""
+    return base * (1 - step / max(num_iterations, 1))
