@@ -8,9 +8,7 @@ import re
 import time
 
 import pytest
-
-from raychat.tools.calculator import (MAX_INPUT_CHARS, CalculatorError, calculate, evaluate_expression,
-                                      format_result)
+from raychat.tools.calculator import MAX_INPUT_CHARS, CalculatorError, calculate, evaluate_expression, format_result
 
 ARITHMETIC = ["1+2", "7-10", "6*7", "7/2", "7//2", "-7//2", "7%3", "-7%3", "2**10", "2**-2", "(1+2)*3", "-(3-5)",
               "+4", "1.5*4", "0.1+0.2", "3.75/1.5", "10-2-3", "2**3**2", "((((1))))", "100/8*3", "1e3/4",

@@ -17,12 +17,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from raychat.common import RaychatError
-from raychat.evals.bundle import (EVAL_BUNDLE_URL, download_eval_bundle, find_eval_bundle, load_bundle)
-from raychat.evals.core import (evaluate_core, format_core_table, item_rows, load_task_data, render_item,
-                                render_prompts_lm, render_prompts_mc, render_prompts_schema, sample_fewshot,
-                                write_core_csv)
+from raychat.evals.bundle import EVAL_BUNDLE_URL, download_eval_bundle, find_eval_bundle, load_bundle
+from raychat.evals.core import (
+    evaluate_core,
+    format_core_table,
+    item_rows,
+    load_task_data,
+    render_item,
+    render_prompts_lm,
+    render_prompts_mc,
+    render_prompts_schema,
+    sample_fewshot,
+    write_core_csv,
+)
 from raychat.tokenizer import Tokenizer
 
 TOK = Tokenizer.byte_level()          # 1 token per byte: spans can be counted by hand
@@ -92,7 +100,8 @@ _J_LM = """
 {{ example.context | trim }}{{ continuation_delimiter }}{{ example.continuation }}
 
 {% endfor -%}
-{{ item.context | trim }}{{ continuation_delimiter }}{% if include_continuation %}{{ item.continuation }}{% endif %}""".strip()
+{{ item.context | trim }}{{ continuation_delimiter }}{% if include_continuation %}{{ item.continuation }}\
+{% endif %}""".strip()
 
 
 def _jinja_prompts(task_type, item, delim, fewshot):
@@ -356,7 +365,10 @@ def _dist_worker(rank, world, port, bundle, out_dir):
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        r = evaluate_core(BigramModel(), TOK, bundle, progress=False)
+        # rank 0 decides which bundle every rank uses (rank 1 alone would pick a folder that does not exist)
+        chosen = find_eval_bundle(bundle if rank == 0 else Path(out_dir) / "nowhere", download=rank == 0)
+        assert chosen == Path(bundle)
+        r = evaluate_core(BigramModel(), TOK, chosen, progress=False)
         Path(out_dir, f"{rank}.json").write_text(json.dumps(r["results"]))
     finally:
         dist.destroy_process_group()

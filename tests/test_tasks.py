@@ -8,11 +8,25 @@ import re
 from collections import Counter
 
 import pytest
-
 from raychat.common import RaychatError
-from raychat.tasks import (ARC, GSM8K, MMLU, ChatJsonl, HumanEval, Identity, SimpleArithmetic, SimpleSpelling,
-                           SpellingBee, Task, TaskMixture, TaskSequence, eval_task, extract_answer, rl_task,
-                           sft_mixture)
+from raychat.tasks import (
+    ARC,
+    GSM8K,
+    MMLU,
+    ChatJsonl,
+    HumanEval,
+    Identity,
+    SimpleArithmetic,
+    SimpleSpelling,
+    SpellingBee,
+    Task,
+    TaskMixture,
+    TaskSequence,
+    eval_task,
+    extract_answer,
+    rl_task,
+    sft_mixture,
+)
 from raychat.tasks.common import same_number
 from raychat.tasks.gsm8k import answer_to_parts
 from raychat.tokenizer import Tokenizer
@@ -84,7 +98,8 @@ def test_chat_jsonl(tmp_path, shared_data):
                  + "\n\n" + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
     assert len(ChatJsonl(p)) == 2
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "a"}]}\n{"messages": [{"role": "bot", "content": "b"}]}\n')
+    bad.write_text('{"messages": [{"role": "user", "content": "a"}]}\n'
+                   '{"messages": [{"role": "bot", "content": "b"}]}\n')
     with pytest.raises(RaychatError, match=r"bad\.jsonl:2: .*role"):
         ChatJsonl(bad)
     bad.write_text('{"messages": []\n')

@@ -66,13 +66,21 @@ class PageWatch:
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.websockets: list[str] = []
+        self.frames: list[dict] = []  # every JSON message the page received over its sockets
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("request", lambda r: self.requests.append(r.url))
-        page.on("websocket", lambda ws: self.websockets.append(ws.url))
+        page.on("websocket", self._on_websocket)
+
+    def _on_websocket(self, ws) -> None:
+        self.websockets.append(ws.url)
+        ws.on("framereceived", lambda payload: self.frames.append(json.loads(payload)))
 
     def off_host(self) -> list[str]:
         return [u for u in self.requests + self.websockets
                 if not u.startswith(("data:", "blob:", "about:")) and urlsplit(u).hostname not in LOCAL_HOSTS]
+
+
+WATCHES: dict[int, PageWatch] = {}  # id(page) -> its watch
 
 
 def open_page(browser: Browser, url: str, viewport=DESKTOP, **ctx_kwargs):
@@ -81,7 +89,7 @@ def open_page(browser: Browser, url: str, viewport=DESKTOP, **ctx_kwargs):
     ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
     page = ctx.new_page()
     page.set_default_timeout(10_000)
-    watch = PageWatch(page)
+    watch = WATCHES[id(page)] = PageWatch(page)
     page.goto(url + "/")
     wait_online(page)
     return ctx, page, watch
@@ -99,6 +107,7 @@ def _opened(browser):
     yield _open
     for ctx, watch in opened:
         ctx.close()
+        WATCHES.pop(next((k for k, v in WATCHES.items() if v is watch), None), None)
         assert not watch.errors, f"JavaScript errors: {watch.errors}"
         assert not watch.off_host(), f"requests left localhost: {watch.off_host()}"
 
@@ -208,7 +217,7 @@ def test_markdown_renderer_formats_and_escapes(fake_page):
     assert fake_page.evaluate("RaychatMarkdown.safeUrl(' HTTPS://a.example ')") == "https://a.example/"
 
 
-def test_send_message_streams_tokens(page):
+def test_send_message_streams_tokens(page, fake_server):
     # Record every distinct reply text the page shows while streaming: tokens must arrive one by one.
     page.evaluate("""() => {
         window.__seen = [];
@@ -222,9 +231,13 @@ def test_send_message_streams_tokens(page):
     reply = wait_reply(page)
     final = reply.locator(".msg-body").inner_text()
     assert final.strip()
+    tokens = [f for f in WATCHES[id(page)].frames if f.get("type") == "token"]
+    assert len(tokens) >= 3 and "".join(t["text"] for t in tokens).strip()
     seen = [s for s in page.evaluate("window.__seen") if s.strip() and s != "Thinking"]
-    assert len(set(seen)) >= 3, f"reply did not stream: {seen}"
+    assert seen, "the reply was never shown while it streamed"
     assert all(len(a) <= len(b) for a, b in zip(seen, seen[1:])), "streamed text must only grow"
+    if page.url.startswith(fake_server.url):  # the fake paces tokens (30 ms), so the page paints several times
+        assert len(set(seen)) >= 3, f"reply did not stream: {seen}"
     expect(reply.locator(".msg-meta")).to_contain_text("tok/s")
     expect(reply.locator(".msg-meta")).to_contain_text("first token")
     expect(page.locator("#conv-list .conv-open")).to_have_text(["Hello there, how are you today?"])

@@ -85,7 +85,7 @@ class Progress:
             width = 20
             filled = int(frac * width)
             bar = "#" * filled + "-" * (width - filled)
-            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            eta = max(self.total - self.n, 0) / rate if rate > 0 else float("inf")
             parts.append(f"{frac * 100:3.0f}% |{bar}| {_fmt_num(self.n)}/{_fmt_num(self.total)} {self.unit}")
             parts.append(f"[{_fmt_time(elapsed)}<{_fmt_time(eta)}, {_fmt_num(rate)} {self.unit}/s]")
         else:

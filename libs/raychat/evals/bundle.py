@@ -148,7 +148,28 @@ def default_bundle_cache() -> Path:
 
 def find_eval_bundle(bundle_dir=None, download: bool = False, url: str = EVAL_BUNDLE_URL) -> Path:
     """Pick the bundle: an explicit directory (downloaded into if absent and `download`), else the cached official
-    bundle, else download it (if allowed), else the shared 20-task copy; error with what to do otherwise."""
+    bundle, else download it (if allowed), else the shared 20-task copy; error with what to do otherwise.
+
+    Under an initialised process group every rank must call this: rank 0 decides (and downloads, if its
+    `download` is true) and broadcasts the path, so all ranks evaluate the same tasks. Callers may pass
+    `download=(rank == 0)`."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box: list = [None]
+        if dist.get_rank() == 0:
+            try:
+                box[0] = str(_find_eval_bundle(bundle_dir, download, url))
+            except RaychatError as e:
+                box[0] = e                   # every rank raises the same error instead of hanging
+        dist.broadcast_object_list(box, src=0)
+        if isinstance(box[0], RaychatError):
+            raise box[0]
+        return Path(box[0])
+    return _find_eval_bundle(bundle_dir, download, url)
+
+
+def _find_eval_bundle(bundle_dir, download: bool, url: str) -> Path:
     if bundle_dir is not None:
         p = Path(bundle_dir).expanduser()
         if (p / "core.yaml").is_file():

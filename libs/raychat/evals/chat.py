@@ -20,6 +20,7 @@ import time
 
 import torch
 from raychat.common import RaychatError, get_dist_info
+from raychat.evals.core import model_device
 from raychat.progress import Progress
 from raychat.tasks import eval_task
 from raychat.tasks.common import Task
@@ -59,8 +60,7 @@ def _prompt(tokenizer, conversation: dict) -> list[int]:
 @torch.no_grad()
 def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_problems: int | None = None,
                          device=None, progress: bool = True) -> dict:
-    if device is None:
-        device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+    device = model_device(model, device)
     ids = _problem_ids(task, max_problems)
     letter_cache: dict[str, int] = {}
 
@@ -141,7 +141,7 @@ def run_chat_eval(task_name: str, model, tokenizer, engine, max_problems: int | 
         res = run_categorical_eval(task, tokenizer, model, batch_size=batch_size, max_problems=max_problems,
                                    device=device, progress=progress)
     elif task.eval_type == "generative":
-        dev = device or (next(model.parameters()).device if hasattr(model, "parameters") else "cpu")
+        dev = model_device(model, device)
         res = run_generative_eval(task, tokenizer, engine, num_samples=num_samples, max_tokens=max_tokens,
                                   temperature=temperature, top_k=top_k, max_problems=max_problems,
                                   progress=progress, device=dev)

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from raychat.common import RaychatError, get_dist_info, print0
-from raychat.evals.bundle import CoreTaskSpec, load_bundle
+from raychat.evals.bundle import CoreTaskSpec, find_eval_bundle, load_bundle  # noqa: F401 (re-export)
 
 # ------------------------------------------------------------------------------------------------------------------
 # Prompt rendering
@@ -204,7 +204,8 @@ def _resolve_max_seq_len(model, max_seq_len):
     return int(cfg.sequence_len) if getattr(cfg, "sequence_len", None) else None
 
 
-def _resolve_device(model, device):
+def model_device(model, device=None) -> torch.device:
+    """`device` if given, else where the model's parameters live (CPU for parameter-free callables)."""
     if device is not None:
         return torch.device(device)
     try:
@@ -224,7 +225,7 @@ def _rank_world() -> tuple[int, int]:
 def evaluate_task(model, tokenizer, data: list[dict], spec: CoreTaskSpec, device=None, batch_size: int = 16,
                   max_batch_tokens: int = 16384, max_seq_len: int | None = None, progress=None) -> float:
     """Accuracy of one task over `data` (all ranks must call this: the result is all-reduced)."""
-    device = _resolve_device(model, device)
+    device = model_device(model, device)
     max_seq_len = _resolve_max_seq_len(model, max_seq_len)
     rank, world = _rank_world()
     mine = list(range(rank, len(data), world))
@@ -268,7 +269,8 @@ def evaluate_core(model, tokenizer, bundle_dir, device=None, max_per_task: int =
                   max_seq_len: int | None = None, max_batch_tokens: int = 16384, tasks: list[str] | None = None,
                   progress: bool = True) -> dict:
     """Run every task of the bundle (or the labels in `tasks`). Returns
-    {"core_metric", "results": {label: acc}, "centered_results": {label: centered}, "num_examples": {label: n},
+    {"core_metric" (alias "core"), "results": {label: acc}, "centered_results": {label: centered},
+     "num_examples": {label: n},
      "seconds": {label: s}, "tasks": [{label, task_type, num_fewshot, random_baseline, ...}], "missing": [...],
      "bundle": str, "max_per_task": int, "examples_per_second": float}."""
     from raychat.progress import Progress
@@ -307,6 +309,7 @@ def evaluate_core(model, tokenizer, bundle_dir, device=None, max_per_task: int =
     bar.close()
     elapsed = time.perf_counter() - t_all
     out["core_metric"] = sum(out["centered_results"].values()) / len(out["centered_results"])
+    out["core"] = out["core_metric"]        # short alias (metrics logs use "core")
     out["num_tasks"] = len(specs)
     out["examples_per_second"] = sum(out["num_examples"].values()) / elapsed if elapsed > 0 else float("nan")
     return out

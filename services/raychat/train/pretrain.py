@@ -244,7 +244,7 @@ def train(cfg: PretrainConfig, ctx) -> dict:
         ema = 0.9 * ema + 0.1 * loss_val
         smooth = ema / (1 - 0.9 ** (step - start_step))
         tps = plan["total_batch_size"] / dt
-        last = {"loss": smooth, "tokens_per_second": tps, "mfu": mfu(flops_per_token, tps, peak, world),
+        last = {"loss": smooth, "raw_loss": loss_val, "tokens_per_second": tps, "mfu": mfu(flops_per_token, tps, peak, world),
                 "step_seconds": dt, "lr": lrm, "total_training_time": total_time}
         sink.step(1, loss=round(smooth, 4), tok_s=int(tps))
         if step % cfg.log_every == 0 or step == num_iterations:

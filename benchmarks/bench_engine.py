@@ -1,0 +1,201 @@
+"""Engine benchmark on this machine: prefill and decode throughput vs batch size, time to first token, and the
+aggregate throughput of concurrent requests with continuous batching vs one request at a time.
+
+    .venv/bin/python benchmarks/bench_engine.py                     # d4 (width 256) and d6 (width 384), vocab 8192
+    .venv/bin/python benchmarks/bench_engine.py --models d4 --threads 1 --repeats 5
+
+Models are random-init GPTs from the depth dial (head_dim 64, vocab 8192, context 1024, window pattern SSSL),
+in fp32 on CPU (bf16 on a GPU if one is visible). Completions ignore stop tokens (the engine gets no tokenizer)
+so every request generates exactly its max_tokens. Each figure is the best of --repeats runs: on a shared box
+the best run is the one least disturbed by other processes (the load average is printed with the results).
+
+Figures (per model):
+- prefill tok/s: a 256-token prompt prefilled into a slot (one forward), prompt tokens / time;
+- decode tok/s @ B: B requests running together, generated tokens / time over 64 decode steps;
+- TTFT: add_request -> first token, idle engine, 256-token prompt; and for a request joining 7 running ones;
+- aggregate: 8 concurrent requests of 128 tokens (continuous batching, 8 slots) vs the same 8 sequentially
+  (1 slot); and 24 requests of mixed lengths (32..256 tokens) through 8 slots vs sequentially.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+
+import torch
+
+from raychat.engine import Engine, SamplingParams
+from raychat.model import GPT, config_for_depth
+
+GREEDY = dict(temperature=0.0)
+
+
+def build(depth: int, device: str, dtype: torch.dtype) -> GPT:
+    cfg = config_for_depth(depth, head_dim=64, vocab_size=8192, seq_len=1024)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = GPT(cfg, compute_dtype=dtype)
+    model.to_empty(device=device)
+    model.init_weights()
+    with torch.no_grad():  # non-degenerate activations (zero-init projections would skip all the blocks' math)
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
+def prompts(n: int, length: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(8192) for _ in range(length)] for _ in range(n)]
+
+
+def best(fn, repeats: int):
+    return max(fn() for _ in range(repeats))
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_to_end(eng: Engine) -> int:
+    n = 0
+    while eng.has_work():
+        n += len(eng.step())
+    return n
+
+
+def bench_prefill(model, repeats, length=256):
+    eng = Engine(model, None, max_batch_size=1, max_seq_len=1024)
+    p = prompts(1, length)[0]
+
+    def once():
+        eng.add_request(p, SamplingParams(max_tokens=1, **GREEDY))
+        sync(model.get_device())
+        t = time.perf_counter()
+        eng.step()
+        sync(model.get_device())
+        return length / (time.perf_counter() - t)
+
+    return best(once, repeats)
+
+
+def bench_decode(model, batch, repeats, steps=64, prompt_len=64, decode_rows="prefix", slots=None):
+    eng = Engine(model, None, max_batch_size=slots or batch, max_seq_len=1024, decode_rows=decode_rows)
+    ps = prompts(batch, prompt_len)
+
+    def once():
+        for p in ps:
+            eng.add_request(p, SamplingParams(max_tokens=steps + 1, **GREEDY))
+        eng.step()  # prefill all (first tokens); then only decode steps are timed
+        sync(model.get_device())
+        t = time.perf_counter()
+        n = run_to_end(eng)
+        sync(model.get_device())
+        return n / (time.perf_counter() - t)
+
+    return best(once, repeats)
+
+
+def bench_ttft(model, repeats, length=256, running=0):
+    eng = Engine(model, None, max_batch_size=running + 1, max_seq_len=1024)
+
+    def once():
+        for p in prompts(running, 64, seed=1):
+            eng.add_request(p, SamplingParams(max_tokens=1000, **GREEDY))
+        for _ in range(4):
+            eng.step()  # the running batch is mid-generation
+        rid = eng.add_request(prompts(1, length)[0], SamplingParams(max_tokens=4, **GREEDY))
+        t = time.perf_counter()
+        while not any(e.request_id == rid for e in eng.step()):
+            pass
+        dt = time.perf_counter() - t
+        eng.abort_all()
+        return -dt  # best = smallest
+
+    return -best(once, repeats) * 1e3
+
+
+def bench_aggregate(model, repeats, lengths: list[int], slots: int):
+    ps = prompts(len(lengths), 32, seed=2)
+
+    def once_batched():
+        eng = Engine(model, None, max_batch_size=slots, max_seq_len=1024)
+        for p, n in zip(ps, lengths):
+            eng.add_request(p, SamplingParams(max_tokens=n, **GREEDY))
+        t = time.perf_counter()
+        n = run_to_end(eng)
+        return n / (time.perf_counter() - t)
+
+    def once_sequential():
+        eng = Engine(model, None, max_batch_size=1, max_seq_len=1024)
+        t = time.perf_counter()
+        n = 0
+        for p, k in zip(ps, lengths):
+            eng.add_request(p, SamplingParams(max_tokens=k, **GREEDY))
+            n += run_to_end(eng)
+        return n / (time.perf_counter() - t)
+
+    return best(once_batched, repeats), best(once_sequential, repeats)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="d4,d6", help="comma-separated depths to run, e.g. d4,d6")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is reported")
+    ap.add_argument("--batches", default="1,8,32", help="decode batch sizes")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    batches = [int(b) for b in args.batches.split(",")]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# bench_engine: device={dev} dtype={str(dtype)[6:]} threads={torch.get_num_threads()} "
+          f"torch={torch.__version__} repeats={args.repeats} (best of) load-avg-1min={load:.1f}\n")
+    rows = []
+    for name in args.models.split(","):
+        depth = int(name.strip().lstrip("d"))
+        model = build(depth, dev, dtype)
+        c = model.config
+        label = f"d{depth} (width {c.n_embd}, {c.n_head} heads, vocab {c.vocab_size})"
+        r = {"model": label}
+        r["prefill"] = bench_prefill(model, args.repeats)
+        for b in batches:
+            r[f"decode@{b}"] = bench_decode(model, b, args.repeats)
+        r["decode@1 in 8 slots, full"] = bench_decode(model, 1, args.repeats, slots=8, decode_rows="full")
+        r["decode@1 in 8 slots, prefix"] = bench_decode(model, 1, args.repeats, slots=8)
+        r["ttft"] = bench_ttft(model, args.repeats)
+        r["ttft_join"] = bench_ttft(model, args.repeats, running=7)
+        r["agg8"] = bench_aggregate(model, args.repeats, [128] * 8, slots=8)
+        rng = random.Random(3)
+        r["agg24"] = bench_aggregate(model, max(1, args.repeats - 1), [rng.randint(32, 256) for _ in range(24)], 8)
+        rows.append(r)
+        print(f"done {label}", flush=True)
+
+    print()
+    head = ["model", "prefill tok/s (256-tok prompt)"] + [f"decode tok/s @B={b}" for b in batches] + [
+        "TTFT ms (idle / joining 7)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = [r["model"], f"{r['prefill']:,.0f}"] + [f"{r[f'decode@{b}']:,.0f}" for b in batches] + [
+            f"{r['ttft']:.1f} / {r['ttft_join']:.1f}"]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    head = ["model", "8 × 128 tok: continuous tok/s", "sequential tok/s", "speedup",
+            "24 mixed (32-256 tok), 8 slots: continuous", "sequential", "speedup",
+            "1 request in 8 slots: prefix / full rows"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        (b8, s8), (b24, s24) = r["agg8"], r["agg24"]
+        print(f"| {r['model']} | {b8:,.0f} | {s8:,.0f} | {b8 / s8:.2f}× | {b24:,.0f} | {s24:,.0f} | {b24 / s24:.2f}× | "
+              f"{r['decode@1 in 8 slots, prefix']:,.0f} / {r['decode@1 in 8 slots, full']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
