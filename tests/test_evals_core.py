@@ -8,7 +8,6 @@ import csv
 import http.server
 import io
 import json
-import math
 import random
 import threading
 import zipfile
@@ -453,6 +452,21 @@ def test_download_bundle_from_local_server(tmp_path, http_server):
     assert EVAL_BUNDLE_URL.endswith("/eval_bundle.zip") and EVAL_BUNDLE_URL.startswith("https://")
 
 
+def test_find_eval_bundle_order(tmp_path, http_server, monkeypatch):
+    base, routes, hits = http_server
+    monkeypatch.setenv("RAYCHAT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAYCHAT_SHARED_DATA", str(tmp_path / "shared"))
+    with pytest.raises(RaychatError, match="no CORE eval bundle found"):
+        find_eval_bundle()
+    shared = make_bundle(tmp_path / "shared" / "eval_bundle")
+    assert find_eval_bundle() == shared                                   # no cache, no download: shared copy
+    assert find_eval_bundle(download=True, url=base + "/gone.zip") == shared   # download failed: fall back
+    routes["/eval_bundle.zip"] = _zip_bundle(shared)
+    cache = tmp_path / "home" / "eval_bundle"
+    assert find_eval_bundle(download=True, url=base + "/eval_bundle.zip") == cache
+    assert find_eval_bundle() == cache                                    # the cached official bundle wins
+
+
 def test_bad_bundles(tmp_path):
     with pytest.raises(RaychatError, match="not a CORE eval bundle"):
         load_bundle(tmp_path)
@@ -460,4 +474,3 @@ def test_bad_bundles(tmp_path):
     (b / "eval_meta_data.csv").write_text("Eval Task,Random baseline\ntiny_mc,25\n")
     with pytest.raises(RaychatError, match="no 'Random baseline' for task 'tiny_schema'"):
         load_bundle(b)
-    assert math.isclose(0.25, 0.25)

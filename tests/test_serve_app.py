@@ -406,16 +406,16 @@ def test_global_bound_gives_429_with_retry_after(url):
             for ws in socks:
                 await ws.send(json.dumps({"type": "chat", "messages": LONG, "params": {"max_tokens": 110}}))
             await asyncio.sleep(0.3)
-            async with httpx.AsyncClient(timeout=30) as c:
+            async with httpx.AsyncClient(timeout=30) as c, \
+                    websockets.connect(ws_url(url), additional_headers=AUTH, max_queue=None) as extra:
+                await extra.send(json.dumps({"type": "chat", "messages": MSGS, "params": {"max_tokens": 2}}))
                 posts = [asyncio.create_task(c.post(f"{url}/v1/chat/completions", headers=AUTH,
                                                     json={"messages": MSGS, "max_tokens": 2})) for _ in range(12)]
                 done, pending = await asyncio.wait(posts, timeout=3.0)  # refusals are immediate
                 for t in pending:  # admitted ones may queue behind the 40 chats: leave (cancels them)
                     t.cancel()
                 rs = [t.result() for t in done]
-            extra = await websockets.connect(ws_url(url), additional_headers=AUTH)
-            ws_reply = await ws_chat(extra, MSGS, max_tokens=2)
-            await extra.close()
+                ws_reply = json.loads(await asyncio.wait_for(extra.recv(), 10))
             return rs, ws_reply
         finally:
             await asyncio.gather(*(ws.close() for ws in socks))
@@ -427,9 +427,9 @@ def test_global_bound_gives_429_with_retry_after(url):
     assert limited[0].headers["retry-after"] == "1"
     assert limited[0].json()["error"]["type"] == "rate_limit_error"
     assert limited[0].json()["error"]["code"] == "overloaded"
-    assert ws_reply[-1]["type"] in ("done", "error")
-    if ws_reply[-1]["type"] == "error":
-        assert ws_reply[-1]["code"] == "overloaded"
+    assert ws_reply["type"] in ("start", "error")  # a slot may have freed up meanwhile
+    if ws_reply["type"] == "error":
+        assert ws_reply["code"] == "overloaded"
     wait_engine_idle(url)
 
 
@@ -448,7 +448,7 @@ def test_metrics_scrape_has_every_name_and_counts_requests(url):
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
     for name in METRIC_NAMES:
-        assert f"# TYPE {name.removesuffix('_total')}" in text, name
+        assert f"# TYPE {name} " in text, name
     assert sample(text, "raychat:time_to_first_token_seconds_count") == \
         sample(before, "raychat:time_to_first_token_seconds_count") + 1
     assert sample(text, "raychat:prompt_tokens_total") - sample(before, "raychat:prompt_tokens_total") == \

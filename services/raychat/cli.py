@@ -31,13 +31,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def m_doc(mod: str) -> str | None:
+    """The command module's docstring (usage examples) as the subcommand's --help description, without importing
+    the module unless it is the one being run (parsing the file is cheap)."""
+    import ast
+    from importlib.util import find_spec
+
+    spec = find_spec(f"raychat.commands.{mod}")
+    if spec is None or spec.origin is None:
+        return None
+    with open(spec.origin) as f:
+        return ast.get_docstring(ast.parse(f.read()))
+
+
 def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="raychat", description="Train and serve a GPT-2-grade chat model.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = {}
     for name, (mod, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_, description=(m_doc(mod) or help_),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if only is None or name == only:
             # import lazily: only the command being run (or all, for `raychat --help`) pays its imports
             m = importlib.import_module(f"raychat.commands.{mod}")

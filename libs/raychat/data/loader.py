@@ -115,7 +115,7 @@ class PackedLoader:
 
     def __init__(self, tokenizer, data_dir: str | os.PathLike, split: str = "train", batch_size: int = 8,
                  seq_len: int = 256, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                 seed: int = 0, buffer_size: int = 1000, tokenizer_threads: int = 4, prefetch: int = 2,
+                 seed: int = 0, buffer_size: int = 1000, tokenizer_threads: int | None = None, prefetch: int = 2,
                  shuffle: bool | None = None, num_epochs: int | None = None):
         if batch_size < 1 or seq_len < 1 or buffer_size < 1:
             raise ValueError("batch_size, seq_len and buffer_size must be >= 1")
@@ -133,7 +133,7 @@ class PackedLoader:
         self.device = torch.device(device)
         self.seed = seed
         self.buffer_size = buffer_size
-        self.tokenizer_threads = tokenizer_threads
+        self.tokenizer_threads = tokenizer_threads or min(4, os.cpu_count() or 1)
         self.prefetch = prefetch
         self.shuffle = (split == "train") if shuffle is None else shuffle
         self.num_epochs = num_epochs

@@ -181,9 +181,16 @@ def _find_eval_bundle(bundle_dir, download: bool, url: str) -> Path:
     cache = default_bundle_cache()
     if (cache / "core.yaml").is_file():
         return cache
-    if download:
-        return download_eval_bundle(cache, url)
     shared = shared_data_dir()
-    if shared is not None and (shared / "eval_bundle" / "core.yaml").is_file():
-        return shared / "eval_bundle"
+    shared = shared / "eval_bundle" if shared is not None and (shared / "eval_bundle" / "core.yaml").is_file() \
+        else None
+    if download:
+        try:
+            return download_eval_bundle(cache, url)
+        except RaychatError as e:
+            if shared is None:
+                raise
+            print0(f"warning: {e}; using the shared 20-task bundle at {shared} instead")
+    if shared is not None:
+        return shared
     raise RaychatError(f"no CORE eval bundle found: pass --eval-bundle DIR, or allow the download from {url}")

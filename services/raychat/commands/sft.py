@@ -31,7 +31,7 @@ def prepare_config(cfg, args):
     extra = [str(Path(x).expanduser().resolve()) for x in getattr(args, "extra_jsonl", [])]
     for path in extra:
         ChatJsonl(path)
-    kw = {"extra_jsonl": extra or cfg.extra_jsonl}
+    kw = {"extra_jsonl": extra or cfg.extra_jsonl} if hasattr(cfg, "extra_jsonl") else {}
     if cfg.run_dir:
         kw["run_dir"] = str(Path(cfg.run_dir).expanduser().resolve())
     if getattr(cfg, "data_dir", ""):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 # The exposition names (counters with their _total suffix). deploy/ tests check Grafana dashboards against
@@ -73,6 +73,7 @@ class ServeMetrics:
     apps in one process and Ray's own collectors never mix in)."""
 
     def __init__(self, model_name: str):
+        disable_created_metrics()  # no `*_created` series (process-wide; vLLM's exposition has none either)
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         lab = ["model_name"]

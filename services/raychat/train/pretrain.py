@@ -208,7 +208,7 @@ def train(cfg: PretrainConfig, ctx) -> dict:
             for s in samples:
                 print0(f"[sample] {s!r}")
         if last_step or (cfg.save_every > 0 and step > start_step and step % cfg.save_every == 0):
-            path = checkpoint(step, {"val_bpb": val_bpb, "loss": last.get("loss")})
+            path = checkpoint(step, {"val_bpb": val_bpb, "loss": last.get("loss"), "final": last_step})
             ctx.report({"step": step, "val_bpb": val_bpb, **last}, checkpoint_dir=path)
         if last_step or (cfg.max_seconds > 0 and total_time >= cfg.max_seconds):
             break

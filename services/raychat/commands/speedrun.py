@@ -1,0 +1,149 @@
+"""`raychat speedrun`: the whole pipeline, each stage skipped when its output exists (so a rerun resumes):
+
+    tokenizer -> tokenizer eval -> pretrain -> base eval (CORE + bpb + samples) -> SFT -> chat eval
+    -> (optional) GRPO -> report card, then how to chat with the result.
+
+    raychat speedrun --preset tiny_cpu --run-dir runs/tiny        # this CPU box, under 30 minutes
+    raychat speedrun --preset gpt2_8xh100                         # one 8xH100 node (downloads data + evals)
+    ray job submit -- raychat speedrun --preset gpt2_8xh100       # on a Ray cluster
+Stage timings go to <run>/speedrun.json and into the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class SpeedrunPreset:
+    pretrain_preset: str
+    sft_preset: str
+    rl_preset: str
+    vocab_size: int = 32768
+    tok_max_chars: int = 2_000_000_000
+    download_shards: int = 0            # 0 = use local data (../shared/data/pretrain or --data-dir)
+    core_max_per_task: int = -1
+    chat_tasks: str = "ARC-Easy,ARC-Challenge,MMLU,GSM8K,HumanEval,SpellingBee"
+    chat_max_per_task: int = -1
+    rl: bool = True
+    hardware: str = "8xH100"
+    extra_pretrain: list = field(default_factory=list)
+
+
+PRESETS = {
+    "tiny_cpu": SpeedrunPreset("tiny_cpu", "tiny_cpu", "tiny_cpu", vocab_size=8192, tok_max_chars=30_000_000,
+                               core_max_per_task=100, chat_tasks="ARC-Easy,ARC-Challenge,MMLU,GSM8K,SpellingBee",
+                               chat_max_per_task=40, rl=False, hardware="cpu"),
+    "gpt2_8xh100": SpeedrunPreset("gpt2_8xh100", "gpt2_8xh100", "gpt2_8xh100", vocab_size=32768,
+                                  tok_max_chars=2_000_000_000, download_shards=240, core_max_per_task=-1,
+                                  chat_max_per_task=-1, rl=True, hardware="8xH100"),
+}
+
+
+def add_arguments(p):
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny_cpu", help="pipeline preset")
+    p.add_argument("--run-dir", default=None, help="run directory (default ~/.cache/raychat/runs/<preset>)")
+    p.add_argument("--data-dir", default=None, help="pretraining shards (default: ../shared/data/pretrain on CPU "
+                   "presets; downloaded into <RAYCHAT_HOME>/data on GPU presets)")
+    p.add_argument("--rl", dest="rl", action="store_true", default=None, help="include the GRPO stage")
+    p.add_argument("--no-rl", dest="rl", action="store_false", help="skip the GRPO stage")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--run", default="", help="wandb run name prefix (default: no wandb)")
+
+
+def _cli(argv: list[str]) -> None:
+    from raychat.cli import main
+    from raychat.common import RaychatError
+
+    print(f"\n$ raychat {' '.join(argv)}", flush=True)
+    rc = main(argv)
+    if rc != 0:
+        raise RaychatError(f"stage command failed (exit {rc}): raychat {' '.join(argv)}")
+
+
+def _final_checkpoint(run_dir: Path, stage: str) -> str:
+    """'done' when the latest checkpoint of the stage is the final one, 'partial' when one exists, else ''."""
+    from raychat.checkpoint import latest_checkpoint, read_meta
+
+    ck = latest_checkpoint(run_dir / "checkpoints" / stage)
+    if ck is None:
+        return ""
+    return "done" if read_meta(ck).get("final") else "partial"
+
+
+def run(args):
+    from raychat.common import RaychatError, resolve_run_dir, shared_data_dir
+
+    preset = PRESETS[args.preset]
+    run_dir = resolve_run_dir(args.run_dir, args.preset)
+    do_rl = preset.rl if args.rl is None else args.rl
+    data_dir = args.data_dir
+    if data_dir is None and preset.download_shards == 0:
+        if shared_data_dir() is None:
+            raise RaychatError("no ../shared/data next to the repository: pass --data-dir with parquet shards "
+                               "(see `raychat data prepare` / `raychat data download`)")
+        data_dir = str(shared_data_dir() / "pretrain")
+    launch = ["--address", args.address] if args.address else []
+    wandb = (lambda s: ["--run", f"{args.run}-{s}"]) if args.run else (lambda s: [])
+    state_path = run_dir / "speedrun.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    state.update({"preset": args.preset, "hardware": preset.hardware})
+    state.setdefault("stages", {})
+
+    def stage(name: str, done: bool, fn) -> None:
+        if done:
+            print(f"[speedrun] {name}: output exists, skipped", flush=True)
+            state["stages"].setdefault(name, {"seconds": 0.0, "status": "skipped"})
+            return
+        print(f"\n[speedrun] ===== {name} =====", flush=True)
+        t0 = time.time()
+        fn()
+        state["stages"][name] = {"seconds": round(time.time() - t0, 1), "status": "ran"}
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, state_path)
+
+    rd = ["--run-dir", str(run_dir)]
+    t_start = time.time()
+    if preset.download_shards and data_dir is None:
+        data_dir = str(Path(os.environ.get("RAYCHAT_HOME", Path.home() / ".cache" / "raychat")) / "data" / "climbmix")
+        stage("data", (Path(data_dir) / ".complete").exists(),
+              lambda: (_cli(["data", "download", "--num-shards", str(preset.download_shards), "--out", data_dir]),
+                       (Path(data_dir) / ".complete").write_text("ok\n")))
+    stage("tokenizer", (run_dir / "tokenizer" / "tokenizer.json").is_file(),
+          lambda: _cli(["tok-train", *rd, "--data-dir", data_dir, "--vocab-size", str(preset.vocab_size),
+                        "--max-chars", str(preset.tok_max_chars)]))
+    stage("tokenizer_eval", (run_dir / "evals" / "tokenizer.json").is_file(),
+          lambda: _cli(["tok-eval", *rd, "--data-dir", data_dir]))
+    base = _final_checkpoint(run_dir, "base")
+    stage("pretrain", base == "done",
+          lambda: _cli(["pretrain", "--preset", preset.pretrain_preset, *rd, "--data-dir", data_dir, *launch,
+                        *wandb("pretrain"), *(["--resume"] if base == "partial" else []), *preset.extra_pretrain]))
+    stage("base_eval", (run_dir / "evals" / "base.json").is_file(),
+          lambda: _cli(["eval", "base", *rd, "--data-dir", data_dir, "--max-per-task",
+                        str(preset.core_max_per_task)]))
+    sft = _final_checkpoint(run_dir, "sft")
+    stage("sft", sft == "done",
+          lambda: _cli(["sft", "--preset", preset.sft_preset, *rd, *launch, *wandb("sft"),
+                        *(["--resume"] if sft == "partial" else [])]))
+    stage("chat_eval", (run_dir / "evals" / "chat_sft.json").is_file(),
+          lambda: _cli(["eval", "chat", *rd, "--stage", "sft", "--tasks", preset.chat_tasks, "--max-per-task",
+                        str(preset.chat_max_per_task)]))
+    if do_rl:
+        rl = _final_checkpoint(run_dir, "rl")
+        stage("rl", rl == "done", lambda: _cli(["rl", "--preset", preset.rl_preset, *rd, *launch, *wandb("rl"),
+                                                *(["--resume"] if rl == "partial" else [])]))
+        stage("rl_eval", (run_dir / "evals" / "chat_rl.json").is_file(),
+              lambda: _cli(["eval", "chat", *rd, "--stage", "rl", "--tasks", "GSM8K", "--max-per-task",
+                            str(preset.chat_max_per_task)]))
+    stage("report", False, lambda: _cli(["report", *rd]))
+    final = "rl" if do_rl else "sft"
+    print(f"\n[speedrun] finished in {(time.time() - t_start) / 60:.1f} min; report: {run_dir / 'report.md'}")
+    print("Chat with your model:")
+    print(f"  raychat chat --run-dir {run_dir} --stage {final}                 # in the terminal")
+    print(f"  raychat serve --run-dir {run_dir} --stage {final}                # then open http://127.0.0.1:8000")
+    return 0

@@ -1,0 +1,75 @@
+"""`raychat serve`: user errors are one line and exit 2 before Ray starts; the real command serves a checkpoint
+and shuts down cleanly on Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from raychat.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_the_documented_flags(capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["serve", "--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--run-dir", "--stage", "--checkpoint", "--host", "--port", "--replicas", "--max-replicas",
+                 "--api-key", "--max-batch-size", "--max-concurrent-requests"):
+        assert flag in out, flag
+
+
+def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path):
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--checkpoint" in err
+    assert main(["serve", "--run-dir", str(tmp_path)]) == 2  # no checkpoint there: refused before Ray starts
+    assert "no sft checkpoint found" in capsys.readouterr().err
+    assert main(["serve", "--run-dir", str(tmp_path), "--replicas", "0"]) == 2
+    assert "replicas" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_command_serves_and_stops_on_ctrl_c(tiny_run_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, RAYCHAT_API_KEY="cli-key", RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)  # its own local Ray, not the test session's
+    proc = subprocess.Popen([sys.executable, "-m", "raychat.cli", "serve", "--run-dir", str(tiny_run_dir),
+                             "--port", str(port), "--replica-cpus", "0.5", "--max-batch-size", "2"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        assert any("Ctrl-C to stop" in ln for ln in lines), "".join(lines[-30:])
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/v1/models").status_code == 401  # the key came from RAYCHAT_API_KEY
+        r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer cli-key"}, timeout=60,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, rest[-2000:]
+        assert "shutting down" in rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
