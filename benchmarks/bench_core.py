@@ -17,8 +17,11 @@ largest batch size.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
+
+print = functools.partial(print, flush=True)  # noqa: A001 - progress visible when piped
 
 
 def build_model(vocab_size: int, depth: int, width: int, head_dim: int, seq_len: int, device):

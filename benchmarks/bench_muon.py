@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from raychat.optim import MuonAdamW, polar_express
 
 CUDA = torch.cuda.is_available()

@@ -8,6 +8,7 @@ import re
 import time
 
 import pytest
+
 from raychat.tools.calculator import MAX_INPUT_CHARS, CalculatorError, calculate, evaluate_expression, format_result
 
 ARITHMETIC = ["1+2", "7-10", "6*7", "7/2", "7//2", "-7//2", "7%3", "-7%3", "2**10", "2**-2", "(1+2)*3", "-(3-5)",

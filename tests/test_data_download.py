@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from raychat.cli import main
 from raychat.common import RaychatError
 from raychat.data import DATASETS, DownloadError, download_shards, list_shards

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+
 from raychat.common import RaychatError
 from raychat.data import PackedLoader, list_shards
 from raychat.tokenizer import Tokenizer

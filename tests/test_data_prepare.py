@@ -8,6 +8,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from raychat.cli import main
 from raychat.common import RaychatError
 from raychat.data import PackedLoader, list_shards, prepare_dataset

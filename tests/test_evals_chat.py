@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
 from raychat.common import RaychatError
 from raychat.evals import chatcore, evaluate_bpb, run_chat_eval
 from raychat.evals.chat import run_categorical_eval

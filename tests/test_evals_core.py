@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
 from raychat.common import RaychatError
 from raychat.evals.bundle import EVAL_BUNDLE_URL, download_eval_bundle, find_eval_bundle, load_bundle
 from raychat.evals.core import (
@@ -133,6 +134,10 @@ def test_fewshot_sampling_excludes_the_item():
         ref = random.Random(1234 + idx).sample([i for i in range(12) if i != idx], 10)   # nanochat's draw
         assert [e["i"] for e in fs] == ref
     assert sample_fewshot(data, 0, 0) == []
+    big = [{"i": i} for i in range(5000)]          # large n: `sample` takes its set-based path
+    for idx in (0, 17, 4999):
+        ref = random.Random(1234 + idx).sample([i for i in range(5000) if i != idx], 10)
+        assert [e["i"] for e in sample_fewshot(big, idx, 10)] == ref
 
 
 def test_scored_spans_and_cropping():

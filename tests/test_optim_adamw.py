@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from raychat.optim import MuonAdamW
 
 SHAPES = [(7, 5), (13,), (), (4, 3, 2), (64, 16)]

@@ -10,9 +10,10 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+from test_optim_fakes import FakeGPT, batch
+
 from raychat.common import RaychatError
 from raychat.optim import MuonAdamW, build_optimizer, muon_momentum
-from test_optim_fakes import FakeGPT, batch
 
 
 def _train(model, opt, steps, start=0):

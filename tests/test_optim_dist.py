@@ -16,8 +16,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from raychat.optim import build_optimizer, muon_momentum
 from test_optim_fakes import FakeGPT, batch
+
+from raychat.optim import build_optimizer, muon_momentum
 
 WORLD, STEPS, RESUME_AT = 2, 6, 3
 # fp64: elementwise to 1e-10. fp32: relative Frobenius error per parameter. An elementwise fp32 bound would

@@ -14,8 +14,9 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from raychat.optim.optimizer import MIN_SHARD_NUMEL
 from torch import nn
+
+from raychat.optim.optimizer import MIN_SHARD_NUMEL
 
 
 def _norm(x):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from raychat.optim import MuonAdamW, muon_lr_multiplier, muon_momentum, polar_express
 
 

@@ -8,6 +8,7 @@ import re
 from collections import Counter
 
 import pytest
+
 from raychat.common import RaychatError
 from raychat.tasks import (
     ARC,

@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+
 from raychat.common import RaychatError
 from raychat.tokenizer import SPECIAL_TOKENS, StreamDecoder, Tokenizer, train_tokenizer
 
@@ -104,6 +105,8 @@ def test_prepend_append_and_batch(tok):
     assert batch == single
     assert all(ids[0] == tok.bos_id and ids[-1] == tok.special_id("<|assistant_end|>") for ids in batch)
     assert tok.encode(texts) == tok.encode_batch(texts)
+    many = [CORPUS[i % len(CORPUS)][: 5 + 7 * i] for i in range(37)]  # uneven slices across threads keep order
+    assert tok.encode_batch(many, num_threads=3) == [tok.encode(t) for t in many]
     with pytest.raises(KeyError, match="unknown special token"):
         tok.encode("x", prepend="<|nope|>")
     with pytest.raises(TypeError):

@@ -2,6 +2,7 @@
 truncation, completion prompts, and readable errors for malformed conversations."""
 
 import pytest
+
 from raychat.common import RaychatError
 from raychat.tokenizer import ConversationError, Tokenizer
 

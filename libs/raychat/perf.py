@@ -52,7 +52,7 @@ def measure_gemm_peak(device: str | torch.device = "cpu", dtype: torch.dtype = t
     return best
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peak_flops(device_type: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, str]:
     """-> (peak FLOP/s per device, how it was obtained)."""
     if device_type == "cuda" and torch.cuda.is_available():

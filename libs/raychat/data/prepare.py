@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from raychat.common import RaychatError
 from raychat.progress import Progress
 

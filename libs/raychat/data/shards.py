@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
 from raychat.common import RaychatError, shared_data_dir
 
 TEXT_COLUMN = "text"

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence as Seq
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 from raychat.common import RaychatError

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from raychat.common import RaychatError, get_dist_info
 from raychat.evals.core import model_device
 from raychat.progress import Progress

@@ -53,7 +53,7 @@ def _load_fa2():
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def select_backend(device_type: str = "cpu", requested: str | None = None) -> tuple[str, str]:
     """-> (backend, reason). Raises a clear error when a requested backend cannot run here."""
     requested = requested or os.environ.get("RAYCHAT_ATTN") or None

@@ -35,10 +35,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
+
 from raychat.common import RaychatError, print0
 from raychat.optim.adamw import adamw_step_
 from raychat.optim.muon import muon_update_
-from torch import Tensor, nn
 
 ADAMW_DEFAULTS = {"betas": (0.8, 0.95), "eps": 1e-10, "weight_decay": 0.0}
 MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "beta2": 0.95, "weight_decay": 0.0}

@@ -23,6 +23,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 import numpy as np
+
 from raychat.common import RaychatError
 
 

@@ -22,10 +22,12 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import tiktoken
 import torch
+
 from raychat.common import RaychatError
 
 SPECIAL_TOKENS = [
@@ -167,8 +169,18 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str], prepend: int | str | None = None, append: int | str | None = None,
                      num_threads: int = 8) -> list[list[int]]:
-        """Many texts at once; tiktoken releases the GIL, so threads give real parallelism."""
-        out = self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+        """Many texts at once; tiktoken releases the GIL, so threads give real parallelism. Each thread encodes
+        a contiguous slice (tiktoken's own batch call makes one future per text, which costs more CPU than
+        encoding a short text)."""
+        texts = list(texts)
+        if num_threads <= 1 or len(texts) < 2 * num_threads:
+            out = [self.enc.encode_ordinary(t) for t in texts]
+        else:
+            step = -(-len(texts) // (4 * num_threads))  # ~4 slices per thread: balances uneven lengths
+            slices = [texts[i:i + step] for i in range(0, len(texts), step)]
+            encode = self.enc.encode_ordinary
+            with ThreadPoolExecutor(num_threads) as pool:
+                out = [ids for part in pool.map(lambda sl: [encode(t) for t in sl], slices) for ids in part]
         p, a = self._as_id(prepend), self._as_id(append)
         if p is not None:
             out = [[p, *ids] for ids in out]

@@ -41,6 +41,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def run_base(args, model, tokenizer, meta, run_dir: Path) -> dict:
     import torch
+
     from raychat.common import shared_data_dir
     from raychat.data import PackedLoader
     from raychat.evals import evaluate_bpb, evaluate_core, find_eval_bundle, format_core_table, write_core_csv

@@ -126,6 +126,7 @@ class TokenStream:
         self._gen = None
         self._slot = False
         self._cancelled = False
+        self._failed = False
         self._closed = False
 
     async def open(self) -> dict:
@@ -176,22 +177,23 @@ class TokenStream:
                 ev = {"type": "done", "finish_reason": "stop", "completion_tokens": self.completion_tokens}
             except Exception as e:  # noqa: BLE001 - cancelled by us (stop), or the replica died mid-stream
                 if not self._cancelled:
+                    self._failed = True
                     raise self._unavailable(e) from None
                 ev = {"type": "done", "finish_reason": "cancelled", "completion_tokens": self.completion_tokens}
             kind = ev.get("type")
             now = time.perf_counter()
             if kind == "error":
+                self._failed = True
                 m.observe_failure(ev.get("code", "internal"))
-                raise ApiError(ev.get("message", "engine error"), code=ev.get("code", "internal"), status=500)
+                raise ApiError(ev.get("message", "engine error"), code=ev.get("code", "internal"),
+                               status=ev.get("status", 500))
             n = ev.get("n", 0)
             if kind in ("token", "tool_call", "tool_result"):
                 self.completion_tokens += n
                 if self.t_first is None:
                     self.t_first = now
                     m.observe_first_token(now - self.t0)
-                    if n > 1:
-                        m.observe_itl(0.0, n - 1)  # tokens that completed no text before the first one
-                elif n:
+                elif n:  # the gap is shared by the n tokens this event carries (some complete no text alone)
                     m.observe_itl(now - self.t_last, n)
                 self.t_last = now
                 if kind == "tool_call":
@@ -227,7 +229,7 @@ class TokenStream:
             if not self._cancelled:
                 self._cancelled = True
                 self._gen.cancel()
-            if self.prompt_tokens:  # it started: count it as a cancelled request
+            if self.prompt_tokens and not self._failed:  # it started and the client left: a cancelled request
                 self.api.metrics.observe_finished("cancelled", self.prompt_tokens, self.completion_tokens,
                                                   time.perf_counter() - self.t0)
         if self._slot:

@@ -160,7 +160,7 @@ def bench_serve(*, run_dir: str | None = None, checkpoint: str | None = None, st
                          limits=Limits(max_concurrent_requests=max(128, 2 * concurrency)))
     started = not ray.is_initialized()
     if started:
-        ray.init(configure_logging=False, include_dashboard=False)
+        ray.init(configure_logging=False, include_dashboard=False, log_to_driver=False)  # stdout = the table
     try:
         base = start(config)
         res = asyncio.run(run_loadtest(base, concurrency=concurrency, num_chats=num_chats, max_tokens=max_tokens,

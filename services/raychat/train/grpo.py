@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from raychat.common import RaychatError, detect_device, print0, resolve_run_dir
 from raychat.train.context import fault_injection
 from raychat.train.metrics import TrainMetrics

@@ -97,7 +97,8 @@ def evaluate_val_bpb(model, tokenizer, data_dir, cfg: PretrainConfig, rank: int,
     per_step = cfg.device_batch_size * cfg.seq_len * world
     steps = max(1, cfg.eval_tokens // per_step)
     loader = PackedLoader(tokenizer, data_dir, split="val", batch_size=cfg.device_batch_size, seq_len=cfg.seq_len,
-                          rank=rank, world_size=world, device=device, seed=0, prefetch=0)
+                          rank=rank, world_size=world, device=device, seed=0, prefetch=0,
+                          buffer_size=100)
     try:
         return evaluate_bpb(model, loader, steps, tokenizer.token_bytes.to(device))
     finally:
@@ -244,8 +245,8 @@ def train(cfg: PretrainConfig, ctx) -> dict:
         ema = 0.9 * ema + 0.1 * loss_val
         smooth = ema / (1 - 0.9 ** (step - start_step))
         tps = plan["total_batch_size"] / dt
-        last = {"loss": smooth, "raw_loss": loss_val, "tokens_per_second": tps, "mfu": mfu(flops_per_token, tps, peak, world),
-                "step_seconds": dt, "lr": lrm, "total_training_time": total_time}
+        last = {"loss": smooth, "raw_loss": loss_val, "tokens_per_second": tps,
+                "mfu": mfu(flops_per_token, tps, peak, world), "step_seconds": dt, "lr": lrm, "total_training_time": total_time}
         sink.step(1, loss=round(smooth, 4), tok_s=int(tps))
         if step % cfg.log_every == 0 or step == num_iterations:
             sink.log({"event": "train", "step": step, **last})

@@ -3,6 +3,8 @@ warm-down to a final fraction), Muon momentum warm-up, and weight decay that fol
 
 from __future__ import annotations
 
+from raychat.optim import muon_momentum  # noqa: F401  (re-exported: the loops import schedules from here)
+
 
 def lr_multiplier(step: int, num_iterations: int, warmup_steps: int = 0, warmdown_ratio: float = 0.4,
                   final_lr_frac: float = 0.0) -> float:
@@ -14,11 +16,6 @@ def lr_multiplier(step: int, num_iterations: int, warmup_steps: int = 0, warmdow
         return 1.0
     progress = (num_iterations - step) / warmdown_steps  # 1 -> 0 over the warm-down
     return progress + (1 - progress) * final_lr_frac
-
-
-def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
-    frac = min(step / warmup_steps, 1.0) if warmup_steps > 0 else 1.0
-    return (1 - frac) * start + frac * end
 
 
 def weight_decay_at(step: int, num_iterations: int, base: float) -> float:

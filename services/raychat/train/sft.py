@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
 from raychat.common import RaychatError, detect_device, print0, resolve_run_dir, shared_data_dir
 from raychat.train.context import fault_injection
 from raychat.train.metrics import TrainMetrics

@@ -1,0 +1,146 @@
+"""Training throughput and MFU on this machine: one optimizer step = forward + backward + MuonAdamW step, timed
+after warm-up (training time only: no eval, no logging, no data wait: batches are pre-built), plus a projection
+of the GPT-2-grade recipe's wall time and cost on 8xH100 from its FLOPs.
+
+    python benchmarks/bench_train.py                  # table on stdout
+    python benchmarks/bench_train.py --json out.json  # also JSON
+    raychat bench train                               # the same, recorded into benchmarks/RESULTS.md
+
+MFU = model FLOPs per token x tokens/s / peak, the peak being this CPU's measured fp32 GEMM rate (square
+1024 matmuls, best of ~2 s) or the GPU's datasheet bf16 figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+# name -> (depth, width, head_dim, seq_len, device_batch, vocab)
+CONFIGS = {
+    # the reference implementation's small CPU configuration (issue 4's speed target)
+    "ref-d4": (4, 256, 64, 256, 8, 8192),
+    "d6": (6, 384, 64, 256, 8, 8192),
+}
+
+
+def build(depth, width, head_dim, seq_len, vocab, device, dtype):
+    from raychat.model import GPT, GPTConfig
+    from raychat.optim import build_optimizer
+
+    cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab, n_layer=depth, n_head=width // head_dim,
+                    n_kv_head=width // head_dim, n_embd=width, window_pattern="L")
+    with torch.device("meta"):
+        model = GPT(cfg, compute_dtype=dtype)
+    model.to_empty(device=device)
+    model.init_weights()
+    opt = build_optimizer(model, matrix_lr=0.02, weight_decay=0.0)
+    return model, opt
+
+
+def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, steps, warmup, device, dtype, peak):
+    from raychat.perf import mfu
+
+    model, opt = build(depth, width, head_dim, seq_len, vocab, device, dtype)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, vocab, (batch, seq_len + 1), generator=g).to(device) for _ in range(4)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times, fb_times = [], []
+    for i in range(warmup + steps):
+        b = batches[i % len(batches)]
+        sync()
+        t0 = time.perf_counter()
+        loss = model(b[:, :-1], b[:, 1:])
+        loss.backward()
+        sync()
+        t1 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            times.append(t2 - t0)
+            fb_times.append(t1 - t0)
+    tokens = batch * seq_len
+    step = statistics.median(times)
+    fpt = model.num_flops_per_token()
+    tps = tokens / step
+    return {"config": name, "depth": depth, "width": width, "heads": width // head_dim, "seq_len": seq_len,
+            "batch": batch, "vocab": vocab, "params": model.num_params()["total"], "flops_per_token": fpt,
+            "median_step_s": step, "tokens_per_s": tps, "mfu": mfu(fpt, tps, peak),
+            "fwd_bwd_s": statistics.median(fb_times), "optim_s": step - statistics.median(fb_times),
+            "steps": steps}
+
+
+def projection(mfus=(0.4, 0.5), gpus: int = 8, peak: float = 989e12, price_per_gpu_hour: float = 3.0) -> list[dict]:
+    """Projected wall time and cost of the gpt2_8xh100 pretraining from its FLOPs (not a measurement)."""
+    from raychat.model import model_card
+    from raychat.train.config import derive, get_preset, model_config_for
+
+    rows = []
+    for preset in ("d12", "d20", "gpt2_8xh100"):
+        cfg = get_preset(preset)
+        plan = derive(cfg, 32768, cfg.num_workers)
+        card = model_card(model_config_for(cfg, 32768))
+        flops = card["flops_per_token"] * plan["total_tokens"]
+        for m in mfus:
+            hours = flops / (gpus * peak * m) / 3600
+            rows.append({"preset": preset, "depth": cfg.depth, "tokens": plan["total_tokens"], "flops": flops,
+                         "mfu": m, "hours": hours, "cost_usd": hours * gpus * price_per_gpu_hour})
+    return rows
+
+
+def to_markdown(res: dict) -> str:
+    lines = [f"Peak: {res['peak_flops'] / 1e9:.1f} GFLOP/s ({res['peak_source']}); torch {res['torch']}, "
+             f"{res['threads']} threads, dtype {res['dtype']}.", "",
+             "| config | depth | width | seq | batch | vocab | params | FLOPs/token | step (s) | tokens/s | MFU | "
+             "fwd+bwd (s) | optim (s) |", "|" + "---|" * 13]
+    for r in res["results"]:
+        lines.append(f"| {r['config']} | {r['depth']} | {r['width']} | {r['seq_len']} | {r['batch']} | {r['vocab']} | "
+                     f"{r['params'] / 1e6:.2f}M | {r['flops_per_token'] / 1e6:.1f}M | {r['median_step_s']:.3f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% | {r['fwd_bwd_s']:.3f} | {r['optim_s']:.3f} |")
+    lines += ["", "Projection (not measured): pretraining on 8xH100 (989 TFLOP/s bf16 each), $3/GPU-hour.", "",
+              "| preset | depth | tokens | FLOPs | MFU | hours | cost |", "|---|---|---|---|---|---|---|"]
+    for p in res["projection"]:
+        lines.append(f"| {p['preset']} | {p['depth']} | {p['tokens'] / 1e9:.2f}B | {p['flops']:.2e} | "
+                     f"{p['mfu'] * 100:.0f}% | {p['hours']:.2f} | ${p['cost_usd']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    from raychat.common import detect_device
+    from raychat.perf import measure_gemm_peak, peak_flops
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per config (median reported)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    dev = detect_device()
+    if dev.device_type == "cpu":
+        peak = measure_gemm_peak("cpu", torch.float32, seconds=2.0)
+        src = f"measured fp32 GEMM, {torch.get_num_threads()} threads"
+    else:
+        peak, src = peak_flops(dev.device_type, dev.dtype)
+    results = []
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            raise SystemExit(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
+        results.append(bench_config(name, *CONFIGS[name], args.steps, args.warmup, dev.device, dev.dtype, peak))
+    res = {"peak_flops": peak, "peak_source": src, "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "dtype": str(dev.dtype).removeprefix("torch."), "results": results, "projection": projection()}
+    md = to_markdown(res)
+    print(md)
+    res["markdown"] = md
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()

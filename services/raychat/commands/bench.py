@@ -1,0 +1,109 @@
+"""`raychat bench train|engine|loader|core|muon|serve|all`: run the benchmarks in benchmarks/ and record their
+tables in benchmarks/RESULTS.md (one section per benchmark, replaced on each run, with the exact command,
+machine, load average, date and commit) and the raw output in benchmarks/results/<name>.txt.
+
+    raychat bench train                  # training tokens/s + MFU vs this CPU's GEMM peak, GPU projection
+    raychat bench engine                 # prefill/decode tokens/s, TTFT, continuous batching vs sequential
+    raychat bench serve                  # 32 concurrent WebSocket clients against a local Ray Serve app
+    raychat bench all                    # everything above (and loader, core, muon)
+    raychat bench train -- --steps 20    # extra arguments after -- go to the benchmark script
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from raychat.common import REPO_ROOT, RaychatError, code_version
+
+BENCHES = {
+    "train": ["benchmarks/bench_train.py"],
+    "engine": ["benchmarks/bench_engine.py"],
+    "loader": ["benchmarks/bench_loader.py"],
+    "core": ["benchmarks/bench_core.py"],
+    "muon": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_muon.py", "--benchmark-only",
+             "--benchmark-columns=min,median,mean,rounds", "-o", "addopts="],
+    "serve": ["benchmarks/bench_serve.py"],
+}
+
+
+def add_arguments(p):
+    p.add_argument("which", choices=[*BENCHES, "all"], help="benchmark to run")
+    p.add_argument("extra", nargs="*", help="arguments passed to the benchmark script (after --)")
+    p.add_argument("--no-record", action="store_true", help="print only; do not touch benchmarks/RESULTS.md")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f", {kb / 1024**2:.0f} GiB RAM"
+    except (OSError, AttributeError):
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", {torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    except ImportError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}{gpu}"
+
+
+def record(name: str, cmd: str, output: str, load: str) -> None:
+    results = REPO_ROOT / "benchmarks" / "RESULTS.md"
+    raw_dir = REPO_ROOT / "benchmarks" / "results"
+    raw_dir.mkdir(exist_ok=True)
+    (raw_dir / f"{name}.txt").write_text(output)
+    code = code_version()
+    section = (f"<!-- bench:{name} -->\n## {name}\n\n- command: `{cmd}`\n- machine: {machine()}\n"
+               f"- load average at start: {load}\n- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
+               f"- commit: {code['commit']}{' (dirty tree)' if code['dirty'] else ''}\n\n```\n{output.strip()}\n```\n"
+               f"<!-- /bench:{name} -->")
+    text = results.read_text() if results.is_file() else "# Benchmark results\n"
+    pat = re.compile(rf"<!-- bench:{name} -->.*?<!-- /bench:{name} -->", re.S)
+    text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    tmp = results.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, results)
+
+
+def run(args):
+    names = list(BENCHES) if args.which == "all" else [args.which]
+    failed = []
+    for name in names:
+        script = BENCHES[name]
+        if not (REPO_ROOT / next(a for a in script if a.endswith(".py"))).is_file():
+            raise RaychatError(f"benchmark script for {name!r} not found under {REPO_ROOT / 'benchmarks'}: "
+                               "`raychat bench` runs from a source checkout")
+        argv = [sys.executable, *script, *args.extra]
+        cmd = "raychat bench " + name + (" -- " + " ".join(args.extra) if args.extra else "")
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"\n===== {cmd} =====", flush=True)
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = []
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            out.append(line)
+        if proc.wait() != 0:
+            failed.append(name)
+            continue
+        if not args.no_record:
+            record(name, cmd, "".join(out), load)
+    if failed:
+        raise RaychatError(f"benchmark(s) failed: {', '.join(failed)}")
+    return 0
