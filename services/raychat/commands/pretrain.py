@@ -19,7 +19,8 @@ def add_arguments(p):
 def add_launch_args(p):
     g = p.add_argument_group("launch")
     g.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    g.add_argument("--resume", action="store_true", help="resume from the latest checkpoint ofthis stage in the run dir")
+    g.add_argument("--resume", action="store_true",
+                   help="resume from the latest checkpoint of this stage in the run dir")
     g.add_argument("--no-ray", action="store_true", help="run the loop in this process (or under torchrun) without Ray")
     g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts Ray Train may do after failures")
 

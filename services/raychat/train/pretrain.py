@@ -246,7 +246,8 @@ def train(cfg: PretrainConfig, ctx) -> dict:
         smooth = ema / (1 - 0.9 ** (step - start_step))
         tps = plan["total_batch_size"] / dt
         last = {"loss": smooth, "raw_loss": loss_val, "tokens_per_second": tps,
-                "mfu": mfu(flops_per_token, tps, peak, world), "step_seconds": dt, "lr": lrm, "total_training_time": total_time}
+                "mfu": mfu(flops_per_token, tps, peak, world), "step_seconds": dt, "lr": lrm,
+                "total_training_time": total_time}
         sink.step(1, loss=round(smooth, 4), tok_s=int(tps))
         if step % cfg.log_every == 0 or step == num_iterations:
             sink.log({"event": "train", "step": step, **last})
