@@ -150,7 +150,10 @@ def test_bestfit_rows_hold_whole_conversations_and_resume():
         x, y = next(ld)
         assert x.shape == (3, 100)
         for row_x, row_y in zip(x.tolist(), y.tolist()):
-            full = row_x + [row_y[-1] if row_y[-1] >= 0 else TOK.bos_id]
+            # the row's tokens: x[0], then each next token from y where it is a target, else from x (or pad)
+            T = len(row_x)
+            full = [row_x[0]] + [row_y[t] if row_y[t] >= 0 else (row_x[t + 1] if t + 1 < T else TOK.bos_id)
+                                 for t in range(T)]
             starts = [i for i, t in enumerate(full) if t == TOK.bos_id]
             assert starts[0] == 0
             pieces = [full[a:b] for a, b in zip(starts, starts[1:] + [len(full)])]
