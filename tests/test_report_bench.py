@@ -42,7 +42,8 @@ def test_report_has_every_section_and_plots(tmp_path):
     out = build_report(run, price_per_hour=2.0)
     md = out.read_text()
     for needle in ("## Environment", "commit", "### base (step 20", "training time: 12.5 s", "## Curves",
-                   "plots/pretrain_curves.png", "CORE = **0.0500**", "| copa | multiple_choice | 10 | 0.6000 | 0.2000 |",
+                   "plots/pretrain_curves.png", "CORE = **0.0500**",
+                   "| copa | multiple_choice | 10 | 0.6000 | 0.2000 |",
                    "Missing tasks: squad", "ChatCORE = **0.1000**", "| ARC-Easy |", "Total wall time 3.0 min",
                    "estimated cost $0.10", "The cat"):
         assert needle in md, needle
