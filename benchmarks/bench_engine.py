@@ -3,6 +3,7 @@ aggregate throughput of concurrent requests with continuous batching vs one requ
 
     .venv/bin/python benchmarks/bench_engine.py                     # d4 (width 256) and d6 (width 384), vocab 8192
     .venv/bin/python benchmarks/bench_engine.py --models d4 --threads 1 --repeats 5
+    .venv/bin/python benchmarks/bench_engine.py --threads 1 --clock cpu    # on a busy shared box
 
 Models are random-init GPTs from the depth dial (head_dim 64, vocab 8192, context 1024, window pattern SSSL),
 in fp32 on CPU (bf16 on a GPU if one is visible). Completions ignore stop tokens (the engine gets no tokenizer)
@@ -12,6 +13,7 @@ the best run is the one least disturbed by other processes (the load average is 
 Figures (per model):
 - prefill tok/s: a 256-token prompt prefilled into a slot (one forward), prompt tokens / time;
 - decode tok/s @ B: B requests running together, generated tokens / time over 64 decode steps;
+- bare model loop: the model's KV-cached forward + argmax without the engine (what batch-1 decode can reach);
 - TTFT: add_request -> first token, idle engine, 256-token prompt; and for a request joining 7 running ones;
 - aggregate: 8 concurrent requests of 128 tokens (continuous batching, 8 slots) vs the same 8 sequentially
   (1 slot); and 24 requests of mixed lengths (32..256 tokens) through 8 slots vs sequentially.
@@ -30,6 +32,7 @@ from raychat.engine import Engine, SamplingParams
 from raychat.model import GPT, config_for_depth
 
 GREEDY = dict(temperature=0.0)
+now = time.perf_counter  # --clock cpu: time.process_time
 
 
 def build(depth: int, device: str, dtype: torch.dtype) -> GPT:
@@ -74,10 +77,10 @@ def bench_prefill(model, repeats, length=256):
     def once():
         eng.add_request(p, SamplingParams(max_tokens=1, **GREEDY))
         sync(model.get_device())
-        t = time.perf_counter()
+        t = now()
         eng.step()
         sync(model.get_device())
-        return length / (time.perf_counter() - t)
+        return length / (now() - t)
 
     return best(once, repeats)
 
@@ -91,10 +94,31 @@ def bench_decode(model, batch, repeats, steps=64, prompt_len=64, decode_rows="pr
             eng.add_request(p, SamplingParams(max_tokens=steps + 1, **GREEDY))
         eng.step()  # prefill all (first tokens); then only decode steps are timed
         sync(model.get_device())
-        t = time.perf_counter()
+        t = now()
         n = run_to_end(eng)
         sync(model.get_device())
-        return n / (time.perf_counter() - t)
+        return n / (now() - t)
+
+    return best(once, repeats)
+
+
+def bench_raw_decode(model, repeats, steps=64, prompt_len=64):
+    """The floor the engine sits on: the model's own KV-cached forward + argmax in a bare loop, batch 1."""
+    from raychat.model.kv_cache import KVCache
+
+    cache = KVCache.for_model(model, 1, 1024)
+    p = torch.tensor(prompts(1, prompt_len), device=model.get_device())
+
+    @torch.inference_mode()
+    def once():
+        cache.reset()
+        nxt = model(p, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
+        sync(model.get_device())
+        t = now()
+        for _ in range(steps):
+            nxt = model(nxt, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
+            nxt.tolist()  # the engine syncs once per step too
+        return steps / (now() - t)
 
     return best(once, repeats)
 
@@ -108,10 +132,10 @@ def bench_ttft(model, repeats, length=256, running=0):
         for _ in range(4):
             eng.step()  # the running batch is mid-generation
         rid = eng.add_request(prompts(1, length)[0], SamplingParams(max_tokens=4, **GREEDY))
-        t = time.perf_counter()
+        t = now()
         while not any(e.request_id == rid for e in eng.step()):
             pass
-        dt = time.perf_counter() - t
+        dt = now() - t
         eng.abort_all()
         return -dt  # best = smallest
 
@@ -125,18 +149,18 @@ def bench_aggregate(model, repeats, lengths: list[int], slots: int):
         eng = Engine(model, None, max_batch_size=slots, max_seq_len=1024)
         for p, n in zip(ps, lengths):
             eng.add_request(p, SamplingParams(max_tokens=n, **GREEDY))
-        t = time.perf_counter()
+        t = now()
         n = run_to_end(eng)
-        return n / (time.perf_counter() - t)
+        return n / (now() - t)
 
     def once_sequential():
         eng = Engine(model, None, max_batch_size=1, max_seq_len=1024)
-        t = time.perf_counter()
+        t = now()
         n = 0
         for p, k in zip(ps, lengths):
             eng.add_request(p, SamplingParams(max_tokens=k, **GREEDY))
             n += run_to_end(eng)
-        return n / (time.perf_counter() - t)
+        return n / (now() - t)
 
     return best(once_batched, repeats), best(once_sequential, repeats)
 
@@ -147,7 +171,12 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is reported")
     ap.add_argument("--batches", default="1,8,32", help="decode batch sizes")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="wall: real time; cpu: this process's CPU time (with --threads 1, what an otherwise idle "
+                         "core would take: use it on a box shared with other jobs, and say so with the figures)")
     args = ap.parse_args()
+    global now
+    now = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -155,7 +184,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# bench_engine: device={dev} dtype={str(dtype)[6:]} threads={torch.get_num_threads()} "
-          f"torch={torch.__version__} repeats={args.repeats} (best of) load-avg-1min={load:.1f}\n")
+          f"torch={torch.__version__} clock={args.clock} repeats={args.repeats} (best of) load-avg-1min={load:.1f}\n")
     rows = []
     for name in args.models.split(","):
         depth = int(name.strip().lstrip("d"))
@@ -164,6 +193,7 @@ def main():
         label = f"d{depth} (width {c.n_embd}, {c.n_head} heads, vocab {c.vocab_size})"
         r = {"model": label}
         r["prefill"] = bench_prefill(model, args.repeats)
+        r["raw@1"] = bench_raw_decode(model, args.repeats)
         for b in batches:
             r[f"decode@{b}"] = bench_decode(model, b, args.repeats)
         r["decode@1 in 8 slots, full"] = bench_decode(model, 1, args.repeats, slots=8, decode_rows="full")
@@ -188,13 +218,13 @@ def main():
     print()
     head = ["model", "8 × 128 tok: continuous tok/s", "sequential tok/s", "speedup",
             "24 mixed (32-256 tok), 8 slots: continuous", "sequential", "speedup",
-            "1 request in 8 slots: prefix / full rows"]
+            "1 request in 8 slots: prefix / full rows", "bare model loop @B=1 (no engine)"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         (b8, s8), (b24, s24) = r["agg8"], r["agg24"]
         print(f"| {r['model']} | {b8:,.0f} | {s8:,.0f} | {b8 / s8:.2f}× | {b24:,.0f} | {s24:,.0f} | {b24 / s24:.2f}× | "
-              f"{r['decode@1 in 8 slots, prefix']:,.0f} / {r['decode@1 in 8 slots, full']:,.0f} |")
+              f"{r['decode@1 in 8 slots, prefix']:,.0f} / {r['decode@1 in 8 slots, full']:,.0f} | {r['raw@1']:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ import time
 
 import torch
 
-# name -> (depth, width, head_dim, seq_len, device_batch, vocab)
+# name -> (depth, width, head_dim, seq_len, device_batch, vocab, torch.compile)
 CONFIGS = {
-    # the reference implementation's small CPU configuration (issue 4's speed target)
-    "ref-d4": (4, 256, 64, 256, 8, 8192),
-    "d6": (6, 384, 64, 256, 8, 8192),
+    # the reference implementation's small CPU configuration (issue 4's speed target), eager and compiled
+    "ref-d4": (4, 256, 64, 256, 8, 8192, False),
+    "ref-d4-compiled": (4, 256, 64, 256, 8, 8192, True),
+    "d6": (6, 384, 64, 256, 8, 8192, False),
+    "d6-compiled": (6, 384, 64, 256, 8, 8192, True),
 }
 
 
@@ -41,10 +43,12 @@ def build(depth, width, head_dim, seq_len, vocab, device, dtype):
     return model, opt
 
 
-def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, steps, warmup, device, dtype, peak):
+def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, compile_, steps, warmup, device, dtype, peak):
     from raychat.perf import mfu
 
     model, opt = build(depth, width, head_dim, seq_len, vocab, device, dtype)
+    fwd = torch.compile(model, dynamic=False) if compile_ else model
+    t_compile = time.perf_counter()
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (batch, seq_len + 1), generator=g).to(device) for _ in range(4)]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -53,7 +57,7 @@ def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, steps, war
         b = batches[i % len(batches)]
         sync()
         t0 = time.perf_counter()
-        loss = model(b[:, :-1], b[:, 1:])
+        loss = fwd(b[:, :-1], b[:, 1:])
         loss.backward()
         sync()
         t1 = time.perf_counter()
@@ -61,6 +65,8 @@ def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, steps, war
         opt.zero_grad(set_to_none=True)
         sync()
         t2 = time.perf_counter()
+        if i == 0:
+            t_compile = t2 - t_compile  # first step: includes compilation when compiled
         if i >= warmup:
             times.append(t2 - t0)
             fb_times.append(t1 - t0)
@@ -72,7 +78,7 @@ def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, steps, war
             "batch": batch, "vocab": vocab, "params": model.num_params()["total"], "flops_per_token": fpt,
             "median_step_s": step, "tokens_per_s": tps, "mfu": mfu(fpt, tps, peak),
             "fwd_bwd_s": statistics.median(fb_times), "optim_s": step - statistics.median(fb_times),
-            "steps": steps}
+            "steps": steps, "compile": compile_, "first_step_s": t_compile}
 
 
 def projection(mfus=(0.4, 0.5), gpus: int = 8, peak: float = 989e12, price_per_gpu_hour: float = 3.0) -> list[dict]:
@@ -97,11 +103,12 @@ def to_markdown(res: dict) -> str:
     lines = [f"Peak: {res['peak_flops'] / 1e9:.1f} GFLOP/s ({res['peak_source']}); torch {res['torch']}, "
              f"{res['threads']} threads, dtype {res['dtype']}.", "",
              "| config | depth | width | seq | batch | vocab | params | FLOPs/token | step (s) | tokens/s | MFU | "
-             "fwd+bwd (s) | optim (s) |", "|" + "---|" * 13]
+             "fwd+bwd (s) | optim (s) | first step (s) |", "|" + "---|" * 14]
     for r in res["results"]:
         lines.append(f"| {r['config']} | {r['depth']} | {r['width']} | {r['seq_len']} | {r['batch']} | {r['vocab']} | "
                      f"{r['params'] / 1e6:.2f}M | {r['flops_per_token'] / 1e6:.1f}M | {r['median_step_s']:.3f} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% | {r['fwd_bwd_s']:.3f} | {r['optim_s']:.3f} |")
+                     f"{r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% | {r['fwd_bwd_s']:.3f} | {r['optim_s']:.3f} | "
+                     f"{r['first_step_s']:.1f} |")
     lines += ["", "Projection (not measured): pretraining on 8xH100 (989 TFLOP/s bf16 each), $3/GPU-hour.", "",
               "| preset | depth | tokens | FLOPs | MFU | hours | cost |", "|---|---|---|---|---|---|---|"]
     for p in res["projection"]:

@@ -63,7 +63,7 @@ def test_async_close_and_task_cancel_free_the_slot():
 
         async def consume():
             async for _ in aeng.generate(prompt(), GREEDY):
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.01)  # a slow client: 150 tokens take > 1.5 s
 
         task = asyncio.create_task(consume())  # a disconnect: the task is cancelled mid-stream
         await asyncio.sleep(0.05)
@@ -152,3 +152,26 @@ def test_astream_chat():
         aeng.shutdown()
     assert "".join(d.text for d in deltas if d.type == "token") == "async hello"
     assert deltas[-1].type == "done" and deltas[-1].usage["completion_tokens"] == len("async hello") + 1
+
+
+def test_async_step_failure_fails_streams_and_engine_recovers():
+    model = scripted(TOK.encode("fine") + [A_END])
+    aeng = AsyncEngine(Engine(model, TOK))
+    real_forward = model.forward
+
+    def broken(idx, *a, **kw):
+        raise RuntimeError("device lost")
+
+    async def main():
+        model.forward = broken
+        with pytest.raises(RuntimeError, match="engine step failed: RuntimeError: device lost"):
+            async for _ in aeng.generate(prompt(), GREEDY):
+                pass
+        model.forward = real_forward
+        evs = [ev async for ev in aeng.generate(prompt(), GREEDY)]
+        assert TOK.decode([e.token_id for e in evs]) == "fine<|assistant_end|>"
+
+    try:
+        asyncio.run(main())
+    finally:
+        aeng.shutdown()

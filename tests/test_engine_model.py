@@ -13,6 +13,16 @@ from raychat.model import GPT, GPTConfig
 SPECIALS = {"<|bos|>": 0, "<|assistant_end|>": 1}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and on a box shared with other jobs OpenMP's spinning
+    barrier makes 2 threads many times slower than 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def make_model(seed=0, **kw) -> GPT:
     cfg = dict(sequence_len=32, vocab_size=97, n_layer=4, n_head=4, n_kv_head=4, n_embd=64, window_pattern="SL",
                short_window_frac=0.25)

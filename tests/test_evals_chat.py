@@ -119,11 +119,17 @@ def test_categorical_eval(shared_data):
     convs = [task[i] for i in range(n)]
     frac_a = sum(c["messages"][-1]["content"] == "A" for c in convs) / n
     res = run_categorical_eval(task, TOK, LetterModel("A"), batch_size=8, max_problems=n, progress=False)
-    assert res == {"accuracy": pytest.approx(frac_a), "num_passed": round(frac_a * n), "num_total": n}
+    assert res == {"accuracy": pytest.approx(frac_a), "num_passed": round(frac_a * n), "num_total": n,
+                   "num_cropped": 0}
     gold = {tuple(TOK.render_for_completion({"messages": c["messages"][:-1]})): c["messages"][-1]["content"]
             for c in convs}
     res = run_categorical_eval(task, TOK, LetterModel("A", gold), batch_size=5, max_problems=n, progress=False)
     assert res["accuracy"] == 1.0
+    short = LetterModel("A")
+    short.max_seq_len = 64                                   # most prompts are longer: keep their last 64 tokens
+    res = run_categorical_eval(task, TOK, short, max_problems=n, progress=False)
+    n_long = sum(len(_prompt(c)) > 64 for c in convs)
+    assert res["num_cropped"] == n_long > 0 and res["accuracy"] == pytest.approx(frac_a)
     full = run_chat_eval("ARC-Easy", LetterModel("B"), TOK, engine=None, max_problems=20, progress=False)
     assert full["eval_type"] == "categorical" and full["baseline"] == 0.25
     assert full["centered"] == pytest.approx((full["accuracy"] - 0.25) / 0.75)
@@ -163,6 +169,12 @@ def test_generative_eval_with_fake_engine(shared_data, echo):
     assert (res["num_passed"], res["num_total"], res["accuracy"]) == (5, 10, 0.5)
     assert res["centered"] == 0.5 and res["eval_type"] == "generative"
     assert all(p.num_samples == 2 and p.temperature == 0.0 for p in eng.calls)
+    # an engine with a short context: prompts that do not fit count as failed, they do not crash the eval
+    eng.max_seq_len = 300
+    long = {i for i in range(10) if len(_prompt(task[i])) >= 300}
+    res = run_chat_eval("GSM8K", None, TOK, eng, max_problems=10, progress=False)
+    assert 0 < len(long) < 10 and res["num_too_long"] == len(long)
+    assert res["num_passed"] == sum(1 for i in range(0, 10, 2) if i not in long)
 
 
 def test_humaneval_and_spelling_with_fake_engine(shared_data):

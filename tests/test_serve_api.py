@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from starlette.testclient import TestClient
@@ -26,8 +27,10 @@ class BackPressureError(Exception):
 
 
 class FakeStream:
-    def __init__(self, events, delay: float, fail_after: int | None, first_exc: Exception | None):
+    def __init__(self, events, delay: float, fail_after: int | None, first_exc: Exception | None,
+                 first_delay: float = 0.0):
         self.events, self.delay, self.fail_after, self.first_exc = list(events), delay, fail_after, first_exc
+        self.first_delay = first_delay
         self.i, self.cancelled = 0, False
 
     def __aiter__(self):
@@ -38,6 +41,8 @@ class FakeStream:
             raise self.first_exc
         if self.i and self.delay:
             await asyncio.sleep(self.delay)
+        if not self.i and self.first_delay:  # routing to a busy replica
+            await asyncio.sleep(self.first_delay)
         if self.cancelled:
             raise StreamCancelled("cancelled")
         if self.fail_after is not None and self.i == self.fail_after:
@@ -54,7 +59,7 @@ class FakeStream:
 class FakeClient:
     """Scripted engine client: `script` is the event list every request gets."""
 
-    def __init__(self, script=None, *, ready=True, delay=0.0, fail_after=None, first_exc=None):
+    def __init__(self, script=None, *, ready=True, delay=0.0, fail_after=None, first_exc=None, first_delay=0.0):
         self.script = script or [
             {"type": "start", "prompt_tokens": 5},
             {"type": "token", "text": "The answer is ", "n": 3},
@@ -64,11 +69,12 @@ class FakeClient:
             {"type": "done", "finish_reason": "stop", "completion_tokens": 14, "n": 1,
              "stats": {"replica": "r0", "running": 0, "waiting": 0, "kv_cache_usage": 0.0}}]
         self.is_ready, self.delay, self.fail_after, self.first_exc = ready, delay, fail_after, first_exc
+        self.first_delay = first_delay
         self.requests, self.streams = [], []
 
     def generate(self, request):
         self.requests.append(request)
-        s = FakeStream(self.script, self.delay, self.fail_after, self.first_exc)
+        s = FakeStream(self.script, self.delay, self.fail_after, self.first_exc, self.first_delay)
         self.streams.append(s)
         return s
 
@@ -183,6 +189,22 @@ def test_stop_message_cancels_the_stream(tmp_path):
     assert slow.streams[0].cancelled
 
 
+def test_stop_right_after_chat_cancels_before_the_first_token(tmp_path):
+    routed_slowly = FakeClient(first_delay=0.3)
+    c = make(routed_slowly, tmp_path)
+    with c.websocket_connect("/ws/chat", headers=AUTH) as ws:
+        ws.send_text(json.dumps({"type": "chat", "messages": MSGS}))
+        ws.send_text(json.dumps({"type": "stop"}))
+        evs = [ws.receive_json(), ws.receive_json()]
+        assert [e["type"] for e in evs] == ["start", "done"]
+        assert evs[1]["finish_reason"] == "cancelled" and evs[1]["usage"]["completion_tokens"] == 0
+        ws.send_text(json.dumps({"type": "chat", "messages": MSGS}))  # the next chat runs normally
+        while (ev := ws.receive_json())["type"] != "done":
+            pass
+        assert ev["finish_reason"] == "stop"
+    assert routed_slowly.streams[0].cancelled and not routed_slowly.streams[1].cancelled
+
+
 def test_page_auth_cookie_and_websocket_origin_check(tmp_path):
     c = make(FakeClient(), tmp_path)
     assert c.get("/").status_code == 401
@@ -224,5 +246,8 @@ def test_stop_strings_cut_the_greedy_text_at_the_first_match(local_service, tmp_
     cut = c.post("/v1/completions", headers=AUTH, json=base | {"stop": [stop]}).json()["choices"][0]
     assert cut["text"] == full["text"][:full["text"].find(stop)]
     assert cut["finish_reason"] == "stop"
-    # the engine request really ended (the stop string cancelled it)
+    # the engine request really ended (the stop string cancelled it; the engine thread applies it between steps)
+    deadline = time.monotonic() + 30
+    while local_service.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert local_service.stats()["running"] == 0

@@ -97,7 +97,7 @@ def engine_gauges(url: str) -> dict[str, float]:
     return vals
 
 
-def wait_engine_idle(url: str, timeout: float = 20.0) -> dict:
+def wait_engine_idle(url: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         g = engine_gauges(url)
@@ -353,39 +353,51 @@ def test_ws_bad_frames_get_typed_errors_and_the_socket_stays_usable(url):
     assert ok[-1]["type"] == "done"
 
 
+def metric_sum(url: str, prefix: str) -> float:
+    text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=10).text
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(prefix))
+
+
 def test_ws_stop_and_second_chat_and_disconnect_cancel_in_the_engine(url):
+    cancelled = 'raychat:request_success_total{finished_reason="cancelled"'
+    before = metric_sum(url, cancelled)
+
     async def stop_case():
         async with websockets.connect(ws_url(url), additional_headers=AUTH) as ws:
             await ws.send(json.dumps({"type": "chat", "messages": LONG, "params": {"max_tokens": 110,
                                                                                   "temperature": 0}}))
             await ws.send(json.dumps({"type": "chat", "messages": LONG}))  # one chat at a time per socket
-            busy, seen_token = None, False
-            while busy is None or not seen_token:
-                ev = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                busy = ev if ev["type"] == "error" else busy
-                seen_token |= ev["type"] == "token"
-                assert ev["type"] in ("start", "token", "error"), ev
-            await ws.send(json.dumps({"type": "stop"}))
-            while (ev := json.loads(await asyncio.wait_for(ws.recv(), 30)))["type"] != "done":
-                pass
+            await ws.send(json.dumps({"type": "stop"}))  # applies even before the first token
+            evs = []
+            while not evs or evs[-1]["type"] != "done":
+                evs.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
             after = await ws_chat(ws, MSGS, max_tokens=2)
-            return busy, ev, after
+            return evs, after
 
-    busy, done, after = asyncio.run(stop_case())
-    assert busy["type"] == "error" and busy["code"] == "overloaded"
+    evs, after = asyncio.run(stop_case())
+    assert {e["type"] for e in evs} <= {"start", "token", "error", "done"}, evs
+    (busy,) = [e for e in evs if e["type"] == "error"]
+    assert busy["code"] == "overloaded" and "already running" in busy["message"]
+    done = evs[-1]
     assert done["finish_reason"] == "cancelled" and done["usage"]["completion_tokens"] < 110
     assert after[-1]["type"] == "done"
     wait_engine_idle(url)
 
     async def disconnect_case():
         async with websockets.connect(ws_url(url), additional_headers=AUTH) as ws:
-            await ws.send(json.dumps({"type": "chat", "messages": LONG, "params": {"max_tokens": 110}}))
-            while json.loads(await ws.recv())["type"] != "token":
+            await ws.send(json.dumps({"type": "chat", "messages": LONG, "params": {"max_tokens": 110,
+                                                                                  "temperature": 0}}))
+            while json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] != "start":
                 pass
         # socket closed mid-generation
 
     asyncio.run(disconnect_case())
     wait_engine_idle(url)
+    # the ingress counted both as cancelled (the engine side is the idle check above)
+    deadline = time.monotonic() + 30
+    while metric_sum(url, cancelled) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric_sum(url, cancelled) >= before + 2
 
 
 def test_sse_client_disconnect_cancels_in_the_engine(url):

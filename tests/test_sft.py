@@ -177,7 +177,10 @@ def test_config_validation_and_mixture(tmp_path):
         SFTConfig(device_batch_size=3, total_batch_rows=8)
     with pytest.raises(ValueError, match="mixture"):
         SFTConfig(mixture="default,NoSuchTask")
+    with pytest.raises(ValueError, match="EPOCHS"):
+        SFTConfig(mixture="SimpleArithmetic:0")
     assert tiny_cpu().num_workers == 2
+    assert len(build_mixture(SFTConfig(mixture="SimpleArithmetic:2.5,Identity", synthetic_size=10))) == 35
     extra = tmp_path / "mine.jsonl"
     extra.write_text(json.dumps({"messages": [{"role": "user", "content": "who?"},
                                               {"role": "assistant", "content": "me, MARKER"}]}) + "\n")

@@ -67,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     only = cmd if cmd in COMMANDS else None
     try:
         parser, modules = build_parser(only)
+        # everything after a bare `--` is passed through untouched (e.g. `raychat bench train -- --steps 20`)
+        tail: list[str] = []
+        if "--" in argv:
+            i = argv.index("--")
+            argv, tail = argv[:i], argv[i + 1:]
         args = parser.parse_args(argv)
+        args.passthrough = tail
         if args.command is None:
             parser.print_help()
             return 2

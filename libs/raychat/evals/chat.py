@@ -21,7 +21,7 @@ import time
 import torch
 
 from raychat.common import RaychatError, get_dist_info
-from raychat.evals.core import model_device
+from raychat.evals.core import model_device, model_max_seq_len
 from raychat.progress import Progress
 from raychat.tasks import eval_task
 from raychat.tasks.common import Task
@@ -38,13 +38,13 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _reduce_counts(passed: int, total: int, device) -> tuple[int, int]:
+def _reduce_counts(counts: list[int], device) -> list[int]:
     rank, world = _rank_world()
     if world == 1:
-        return passed, total
-    t = torch.tensor([passed, total], dtype=torch.long, device=device)
+        return counts
+    t = torch.tensor(counts, dtype=torch.long, device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-    return int(t[0]), int(t[1])
+    return [int(v) for v in t.tolist()]
 
 
 def _problem_ids(task: Task, max_problems: int | None) -> list[int]:
@@ -62,6 +62,7 @@ def _prompt(tokenizer, conversation: dict) -> list[int]:
 def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_problems: int | None = None,
                          device=None, progress: bool = True) -> dict:
     device = model_device(model, device)
+    max_len = model_max_seq_len(model, None)
     ids = _problem_ids(task, max_problems)
     letter_cache: dict[str, int] = {}
 
@@ -73,11 +74,14 @@ def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_
             letter_cache[letter] = enc[0]
         return letter_cache[letter]
 
-    passed = 0
+    passed = cropped = 0
     bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or _rank_world()[0] != 0)
     for b in range(0, len(ids), batch_size):
         convs = [task[i] for i in ids[b: b + batch_size]]
         prompts = [_prompt(tokenizer, c) for c in convs]
+        if max_len is not None:   # too long for the model: keep the end (choices and the answer position)
+            cropped += sum(len(p) > max_len for p in prompts)
+            prompts = [p[-max_len:] for p in prompts]
         T = max(len(p) for p in prompts)
         x = torch.full((len(prompts), T), tokenizer.bos_id, dtype=torch.long)   # right padding: causal model
         for i, p in enumerate(prompts):
@@ -90,8 +94,9 @@ def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_
             passed += bool(task.evaluate(conv, pred))
         bar.update(len(convs), acc=passed / min(b + batch_size, len(ids)))
     bar.close()
-    passed, total = _reduce_counts(passed, len(ids), device)
-    return {"accuracy": passed / total if total else float("nan"), "num_passed": passed, "num_total": total}
+    passed, total, cropped = _reduce_counts([passed, len(ids), cropped], device)
+    return {"accuracy": passed / total if total else float("nan"), "num_passed": passed, "num_total": total,
+            "num_cropped": cropped}
 
 
 def _completion_text(tokenizer, prompt: list[int], ids: list[int]) -> str:
@@ -110,12 +115,20 @@ def run_generative_eval(task: Task, tokenizer, engine, num_samples: int = 1, max
     from raychat.engine import SamplingParams
 
     ids = _problem_ids(task, max_problems)
-    passed = 0
+    max_len = getattr(engine, "max_seq_len", None)
+    passed = too_long = 0
     bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or _rank_world()[0] != 0)
     for b in range(0, len(ids), chunk):
         chunk_ids = ids[b: b + chunk]
         convs = [task[i] for i in chunk_ids]
         prompts = [_prompt(tokenizer, c) for c in convs]
+        if max_len is not None:   # a prompt the engine cannot hold is a failed problem, not a crashed eval
+            keep = [i for i, p in enumerate(prompts) if len(p) < max_len]
+            too_long += len(prompts) - len(keep)
+            bar.update(len(prompts) - len(keep))
+            chunk_ids, convs, prompts = ([x[i] for i in keep] for x in (chunk_ids, convs, prompts))
+            if not prompts:
+                continue
         params = [SamplingParams(temperature=temperature, top_k=top_k, max_tokens=max_tokens, seed=seed + i,
                                  num_samples=num_samples) for i in chunk_ids]
         if hasattr(engine, "generate_many"):
@@ -125,10 +138,11 @@ def run_generative_eval(task: Task, tokenizer, engine, num_samples: int = 1, max
         for conv, prompt, samples in zip(convs, prompts, outs):
             texts = [_completion_text(tokenizer, prompt, s) for s in samples]
             passed += any(task.evaluate(conv, t) for t in texts)
-        bar.update(len(convs), acc=passed / (b + len(convs)))
+        bar.update(len(convs), acc=passed / max(1, bar.n + len(convs)))
     bar.close()
-    passed, total = _reduce_counts(passed, len(ids), device)
-    return {"accuracy": passed / total if total else float("nan"), "num_passed": passed, "num_total": total}
+    passed, total, too_long = _reduce_counts([passed, len(ids), too_long], device)
+    return {"accuracy": passed / total if total else float("nan"), "num_passed": passed, "num_total": total,
+            "num_too_long": too_long}
 
 
 def run_chat_eval(task_name: str, model, tokenizer, engine, max_problems: int | None = None, batch_size: int = 8,

@@ -34,7 +34,6 @@ BENCHES = {
 
 def add_arguments(p):
     p.add_argument("which", choices=[*BENCHES, "all"], help="benchmark to run")
-    p.add_argument("extra", nargs="*", help="arguments passed to the benchmark script (after --)")
     p.add_argument("--no-record", action="store_true", help="print only; do not touch benchmarks/RESULTS.md")
 
 
@@ -84,6 +83,7 @@ def record(name: str, cmd: str, output: str, load: str) -> None:
 
 def run(args):
     names = list(BENCHES) if args.which == "all" else [args.which]
+    args.extra = getattr(args, "passthrough", [])
     failed = []
     for name in names:
         script = BENCHES[name]

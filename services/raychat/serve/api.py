@@ -127,6 +127,7 @@ class TokenStream:
         self._slot = False
         self._cancelled = False
         self._failed = False
+        self._ended = False
         self._closed = False
 
     async def open(self) -> dict:
@@ -140,6 +141,9 @@ class TokenStream:
             await self.close()
             raise
         except Exception as e:  # noqa: BLE001 - back-pressure, a dead replica: the client may retry
+            if self._cancelled:  # stopped while being routed: the stream just ends with done(cancelled)
+                self._ended = True
+                return {"type": "start", "prompt_tokens": 0}
             await self.close()
             raise self._unavailable(e) from None
         if first.get("type") == "error":
@@ -150,6 +154,8 @@ class TokenStream:
             raise err
         self.prompt_tokens = first.get("prompt_tokens", 0)
         self.api.metrics.observe_queue(time.perf_counter() - self.t0)
+        if self._cancelled:  # a stop arrived while the request was being routed
+            self._gen.cancel()
         return first
 
     def _unavailable(self, e: Exception) -> ApiError:
@@ -164,22 +170,27 @@ class TokenStream:
         return err
 
     def cancel(self) -> None:
-        if self._gen is not None and self.finish_reason is None and not self._cancelled:
+        """Stop (also before open() has finished: the engine request is then cancelled as soon as it exists)."""
+        if self.finish_reason is None and not self._cancelled:
             self._cancelled = True
-            self._gen.cancel()
+            if self._gen is not None:
+                self._gen.cancel()
 
     async def __aiter__(self) -> AsyncIterator[dict]:
         m = self.api.metrics
         while True:
-            try:
-                ev = await self._gen.__anext__()
-            except StopAsyncIteration:
-                ev = {"type": "done", "finish_reason": "stop", "completion_tokens": self.completion_tokens}
-            except Exception as e:  # noqa: BLE001 - cancelled by us (stop), or the replica died mid-stream
-                if not self._cancelled:
-                    self._failed = True
-                    raise self._unavailable(e) from None
-                ev = {"type": "done", "finish_reason": "cancelled", "completion_tokens": self.completion_tokens}
+            if self._ended:  # stopped before the engine stream produced anything
+                ev = {"type": "done", "finish_reason": "cancelled", "completion_tokens": 0}
+            else:
+                try:
+                    ev = await self._gen.__anext__()
+                except StopAsyncIteration:
+                    ev = {"type": "done", "finish_reason": "stop", "completion_tokens": self.completion_tokens}
+                except Exception as e:  # noqa: BLE001 - cancelled by our stop, or the replica died mid-stream
+                    if not self._cancelled:
+                        self._failed = True
+                        raise self._unavailable(e) from None
+                    ev = {"type": "done", "finish_reason": "cancelled", "completion_tokens": self.completion_tokens}
             kind = ev.get("type")
             now = time.perf_counter()
             if kind == "error":
@@ -226,9 +237,8 @@ class TokenStream:
             return
         self._closed = True
         if self._gen is not None and self.finish_reason is None:
-            if not self._cancelled:
-                self._cancelled = True
-                self._gen.cancel()
+            self._cancelled = True
+            self._gen.cancel()
             if self.prompt_tokens and not self._failed:  # it started and the client left: a cancelled request
                 self.api.metrics.observe_finished("cancelled", self.prompt_tokens, self.completion_tokens,
                                                   time.perf_counter() - self.t0)
@@ -602,7 +612,8 @@ async def _ws_session(api: RaychatAPI, ws: WebSocket) -> None:
             except ApiError as e:
                 await ws.send_json(e.ws_message())
                 continue
-            task = asyncio.create_task(_ws_run_chat(api, ws, req, client, t0, current))
+            current[0] = TokenStream(api, req, client, t0)  # set now: a stop in the next frame must find it
+            task = asyncio.create_task(_ws_run_chat(ws, current))
     except WebSocketDisconnect:
         pass
     finally:
@@ -615,10 +626,8 @@ async def _ws_session(api: RaychatAPI, ws: WebSocket) -> None:
                 pass
 
 
-async def _ws_run_chat(api: RaychatAPI, ws: WebSocket, req: dict, client: str, t0: float,
-                       current: list) -> None:
-    ts = TokenStream(api, req, client, t0)
-    current[0] = ts
+async def _ws_run_chat(ws: WebSocket, current: list) -> None:
+    ts: TokenStream = current[0]
     try:
         try:
             await ts.open()
@@ -638,7 +647,8 @@ async def _ws_run_chat(api: RaychatAPI, ws: WebSocket, req: dict, client: str, t
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client left mid-stream; close() below cancels the engine request
     finally:
-        current[0] = None
+        if current[0] is ts:
+            current[0] = None
         await ts.close()
 
 

@@ -161,11 +161,15 @@ def d20() -> GRPOConfig:
                       rollout_batch_size=64, device_batch_size=8, num_workers=8, use_gpu=True)
 
 
+def d12() -> GRPOConfig:
+    return d20().replace(preset="d12")
+
+
 def gpt2_8xh100() -> GRPOConfig:
     return d20().replace(preset="gpt2_8xh100")
 
 
-PRESETS = {"tiny_cpu": tiny_cpu, "d20": d20, "gpt2_8xh100": gpt2_8xh100}
+PRESETS = {"tiny_cpu": tiny_cpu, "d12": d12, "d20": d20, "gpt2_8xh100": gpt2_8xh100}
 
 
 # ---- tasks, prompts, rewards ----------------------------------------------------------------------------
