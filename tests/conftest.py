@@ -41,9 +41,10 @@ def ray_session():
 
 
 def make_tiny_run_dir(root: Path, *, vocab_size: int = 512, depth: int = 2, width: int = 64,
-                      seq_len: int = 128, stages=("base",)) -> Path:
+                      seq_len: int = 128, stages=("base",), never_stop: bool = False) -> Path:
     """A run directory with a BPE tokenizer trained on a slice of the shared Wikipedia shard and a random-init
-    tiny GPT checkpoint in each requested stage."""
+    tiny GPT checkpoint in each requested stage. never_stop: zero the lm_head rows of the special tokens, so
+    greedy decoding never picks one (every other token's random logit beats 0) and replies run to max_tokens."""
     import pyarrow.parquet as pq
     import torch
 
@@ -67,6 +68,9 @@ def make_tiny_run_dir(root: Path, *, vocab_size: int = 512, depth: int = 2, widt
             b.attn.c_proj.weight.normal_(0, 0.02)
             b.mlp.c_proj.weight.normal_(0, 0.02)
         model.lm_head.weight.normal_(0, 0.02)
+        if never_stop:
+            for name in tok.special_tokens:
+                model.lm_head.weight[tok.special_id(name)] = 0.0
     for stage in stages:
         save_checkpoint(root / "checkpoints" / stage, 1, model, config={"preset": "test"})
     return root
