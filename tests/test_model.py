@@ -77,23 +77,28 @@ def test_backend_on_cpu_is_sdpa_and_flash_requests_fail_clearly():
         select_backend("cpu", "xformers")
 
 
+@pytest.mark.parametrize("B", [1, 2])  # B=1 takes the slice path (no masks), B=2 the indexed path
 @pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1}, {"window_pattern": "L"}, {"smear": False, "backout": False},
                                 {"value_embeds": False}])
-def test_kv_cached_decode_matches_full_forward(kw):
+def test_kv_cached_decode_matches_full_forward(kw, B):
     cfg = tiny_config(**kw)
     m = make_model(cfg)
     torch.manual_seed(1)
     T = 24
-    idx = torch.randint(0, cfg.vocab_size, (2, T))
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
     with torch.no_grad():
         full = m(idx)
-        cache = KVCache.for_model(m, batch_size=2, max_seq_len=cfg.sequence_len)
+        cache = KVCache.for_model(m, batch_size=B, max_seq_len=cfg.sequence_len)
         # prefill 10 tokens at once, then 3 tokens, then one at a time
         parts = [m(idx[:, :10], kv_cache=cache), m(idx[:, 10:13], kv_cache=cache)]
         parts += [m(idx[:, t:t + 1], kv_cache=cache) for t in range(13, T)]
         inc = torch.cat(parts, dim=1)
-    assert cache.seqlens.tolist() == [T, T]
+    assert cache.seqlens.tolist() == [T] * B
     torch.testing.assert_close(inc, full, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        last = m(idx[:, :10], kv_cache=KVCache.for_model(m, batch_size=B), last_only=True)
+    assert last.shape == (B, 1, cfg.vocab_size)
+    torch.testing.assert_close(last[:, 0], m(idx[:, :10])[:, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_kv_cache_rows_at_different_positions_are_independent():

@@ -65,7 +65,7 @@ class ScriptedModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def forward(self, idx: torch.Tensor, targets=None, kv_cache=None):
+    def forward(self, idx: torch.Tensor, targets=None, kv_cache=None, last_only: bool = False):
         self.num_forwards += 1
         B, T = idx.shape
         rows = idx.tolist()
@@ -83,4 +83,5 @@ class ScriptedModel(nn.Module):
             hist = [int(x) for x in keys[b, : start[b] + T, 0, 0].tolist()]
             out.append(self._logits_for([hist[: start[b] + t + 1] for t in range(T)]))
         kv_cache.seqlens += T
-        return torch.stack(out)  # (B, T, V)
+        logits = torch.stack(out)  # (B, T, V)
+        return logits[:, -1:] if last_only else logits

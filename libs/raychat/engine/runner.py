@@ -65,7 +65,7 @@ class ModelRunner:
         if getattr(v, "prev_emb", None) is not None:
             v.prev_emb.zero_()
         idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        logits = self.model(idx, kv_cache=v)  # (1, T, V)
+        logits = self.model(idx, kv_cache=v, last_only=True)  # (1, 1, V)
         return logits[:, -1]
 
     @torch.inference_mode()

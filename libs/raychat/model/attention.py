@@ -127,10 +127,11 @@ def kvcache_mask(seqlens: torch.Tensor, T: int, L: int, window: int | None) -> t
 
 
 def attend_kvcache(q, k_new, v_new, k_cache, v_cache, seqlens, window, positions, mask, L):
-    """Write k_new/v_new into the caches at `positions` (B, T) and attend over cache keys 0..L-1.
+    """Write k_new/v_new into the caches and attend over cache keys 0..L-1. Returns (B, T, H, D).
 
-    `positions`, `mask` (B,1,T,L) and `L` (= max(seqlens)+T) are computed once per forward by the model, not
-    per layer. Returns (B, T, H, D).
+    `positions` is either (B, T) absolute positions with `mask` (B,1,T,L) and `L` (= max(seqlens)+T), computed
+    once per forward by the model, or an int p0 for a single row starting at p0 (the common batch-1 case:
+    prefill of one request, one-request decode), which needs no index tensors and no mask: plain slices.
     """
     backend = _flash_ok(q)
     if backend is not None:
@@ -139,10 +140,23 @@ def attend_kvcache(q, k_new, v_new, k_cache, v_cache, seqlens, window, positions
         out = mod.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=seqlens,
                                           causal=True, window_size=_fa_window(window))
         return out[0] if isinstance(out, tuple) else out
-    B = q.size(0)
-    rows = torch.arange(B, device=q.device)[:, None]
-    k_cache[rows, positions] = k_new
-    v_cache[rows, positions] = v_new
+    T = q.size(1)
+    if isinstance(positions, int):
+        p0 = positions
+        k_cache[:, p0:L] = k_new
+        v_cache[:, p0:L] = v_new
+        if p0 == 0:  # fresh row: ordinary causal (windowed) attention over the new tokens
+            return attend(q, k_new, v_new, window)
+        if T == 1:  # one new token sees the last `window` keys, all valid: no mask needed
+            lo = max(0, L - window) if window is not None else 0
+            qt, kt, vt = q.transpose(1, 2), k_cache[:, lo:L].transpose(1, 2), v_cache[:, lo:L].transpose(1, 2)
+            y = F.scaled_dot_product_attention(qt, kt, vt, enable_gqa=qt.size(1) != kt.size(1))
+            return y.transpose(1, 2)
+        mask = kvcache_mask(seqlens, T, L, window)
+    else:
+        rows = torch.arange(q.size(0), device=q.device)[:, None]
+        k_cache[rows, positions] = k_new
+        v_cache[rows, positions] = v_new
     qt = q.transpose(1, 2)
     kt = k_cache[:, :L].transpose(1, 2)
     vt = v_cache[:, :L].transpose(1, 2)

@@ -130,7 +130,8 @@ class Attention(nn.Module):
         else:
             cache, positions, masks, L = kv
             i = self.layer_idx
-            y = attend_kvcache(q, k, v, cache.k[i], cache.v[i], cache.seqlens, window, positions, masks[window], L)
+            mask = masks[window] if masks is not None else None
+            y = attend_kvcache(q, k, v, cache.k[i], cache.v[i], cache.seqlens, window, positions, mask, L)
         return self.c_proj(y.reshape(B, T, -1))
 
 
@@ -264,7 +265,9 @@ class GPT(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
-                loss_reduction: str = "mean"):
+                loss_reduction: str = "mean", last_only: bool = False):
+        """-> loss (targets given) or logits (B, T, V) float32; last_only: logits of the last position only
+        (B, 1, V), e.g. for a prefill, where the vocab projection of every prompt position would be wasted."""
         B, T = idx.shape
         dt = self.compute_dtype
         if kv_cache is None:
@@ -272,11 +275,18 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.cos.size(0)})")
             cos, sin = self.cos[None, :T, None].to(dt), self.sin[None, :T, None].to(dt)
             kv = None
+        elif B == 1:  # one row: positions are a slice, attention needs no index tensors or masks
+            p0 = int(kv_cache.seqlens[0])
+            L = p0 + T
+            if L > min(kv_cache.max_seq_len, self.cos.size(0)):
+                raise ValueError(f"KV cache overflow: {L} positions needed, cache holds {kv_cache.max_seq_len}")
+            cos, sin = self.cos[None, p0:L, None].to(dt), self.sin[None, p0:L, None].to(dt)
+            kv = (kv_cache, p0, None, L)
         else:
             start = kv_cache.seqlens.long()
             positions = start[:, None] + torch.arange(T, device=idx.device)[None, :]  # (B, T)
             L = int(start.max()) + T
-            if L > kv_cache.max_seq_len:
+            if L > min(kv_cache.max_seq_len, self.cos.size(0)):
                 raise ValueError(f"KV cache overflow: {L} positions needed, cache holds {kv_cache.max_seq_len}")
             cos, sin = self.cos[positions][:, :, None].to(dt), self.sin[positions][:, :, None].to(dt)
             masks = {w: kvcache_mask(kv_cache.seqlens, T, L, w) for w in set(self.windows)}
@@ -305,6 +315,8 @@ class GPT(nn.Module):
         x = norm(x)
         if kv_cache is not None:
             kv_cache.seqlens += T
+        if last_only:
+            x = x[:, -1:]
 
         logits = self.lm_head(x).float()  # soft-cap in fp32: tanh saturates badly in bf16
         cap = self.config.logit_softcap
