@@ -257,3 +257,11 @@ def test_grpo_cli_on_ray_train(ray_session, sft_run, tmp_path):
     train_ev = [e for e in events if e.get("job") == "rl" and e.get("event") == "train"]
     assert [e["step"] for e in train_ev] == [1, 2] and all(0 <= e["mean_reward"] <= 1 for e in train_ev)
     assert [e["eval_problems"] for e in events if e.get("job") == "rl" and e.get("event") == "eval"] == [8, 8]
+
+
+@pytest.mark.slow
+def test_grpo_time_limit_ends_with_a_checkpoint(sft_run, tmp_path):
+    run = copy_run(sft_run, tmp_path / "run")
+    out = train(rl_cfg(run, num_iterations=50, max_seconds=1e-6, eval_examples=4), LocalContext())
+    assert out["step"] == 1 and [e["step"] for e in out["evals"]] == [0, 1]
+    assert json.loads((run / "checkpoints" / "rl" / "step_000001" / "meta.json").read_text())["rl_step"] == 1

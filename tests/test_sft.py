@@ -264,3 +264,11 @@ def test_sft_cli_on_ray_train_with_extra_jsonl(ray_session, tiny_run_dir, tmp_pa
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "train"] == [1, 2, 3]
     assert any(e.get("event") == "done" for e in events)
+
+
+@pytest.mark.slow
+def test_sft_time_limit_ends_with_a_checkpoint(tiny_run_dir, tmp_path):
+    run = fresh_run(tiny_run_dir, tmp_path / "run")
+    out = train(quick_cfg(run, num_iterations=50, max_seconds=1e-6), LocalContext())
+    assert out["step"] == 1 and out["val_loss"] is not None
+    assert json.loads((run / "checkpoints" / "sft" / "step_000001" / "meta.json").read_text())["step"] == 1

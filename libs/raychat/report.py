@@ -142,6 +142,7 @@ def build_report(run_dir: str | os.PathLike, price_per_hour: float | None = None
         if tok_eval and isinstance(tok_eval.get("rows"), list):
             rows = tok_eval["rows"]
             if rows:
+                md.append("")
                 keys = list(rows[0])
                 md += _table(keys, [[r.get(k) for k in keys] for r in rows])
         md.append("")
@@ -160,10 +161,12 @@ def build_report(run_dir: str | os.PathLike, price_per_hour: float | None = None
         md.append(f"- model: {mc.get('n_layer')} layers, width {mc.get('n_embd')}, {mc.get('n_head')} heads, "
                   f"vocab {mc.get('vocab_size')}, context {mc.get('sequence_len')}")
         md.append("- config: " + ", ".join(f"{k}={cfg[k]}" for k in keys))
-        if meta.get("plan"):
-            p = meta["plan"]
+        p = meta.get("plan") or {}
+        if p.get("total_batch_size"):
             md.append(f"- plan: {p.get('num_iterations')} steps x {p.get('total_batch_size')} tokens = "
                       f"{p.get('total_tokens')} tokens ({p.get('scaling_params')} scaling params)")
+        elif p:
+            md.append("- plan: " + ", ".join(f"{k}={v}" for k, v in p.items() if isinstance(v, (int, float, str))))
         if meta.get("total_training_time") is not None:
             md.append(f"- training time: {meta['total_training_time']:.1f} s (steps only)")
         if meta.get("val_bpb") is not None:

@@ -22,6 +22,8 @@ def add_arguments(p):
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--eval-bundle", default=None, help="CORE bundle dir (default: ../shared/data/eval_bundle, then "
                    "the cache, then download)")
+    p.add_argument("--download-bundle", action="store_true",
+                   help="download the official 22-task CORE bundle if no local one is found (GPU boxes)")
     p.add_argument("--max-per-task", type=int, default=-1, help="examples per task; -1 = all")
     p.add_argument("--tasks", default=None, help=f"comma-separated task names (chat default: {DEFAULT_CHAT_TASKS}; "
                    "base default: every CORE task in the bundle)")
@@ -49,7 +51,7 @@ def run_base(args, model, tokenizer, meta, run_dir: Path) -> dict:
 
     seq_len = model.config.sequence_len
     device = model.get_device()
-    bundle = find_eval_bundle(args.eval_bundle, download=True)
+    bundle = find_eval_bundle(args.eval_bundle, download=args.download_bundle)
     tasks = args.tasks.split(",") if args.tasks else None
     core = evaluate_core(model, tokenizer, bundle, device, max_per_task=args.max_per_task,
                          batch_size=args.batch_size, max_seq_len=seq_len, tasks=tasks)

@@ -32,12 +32,26 @@ class SpeedrunPreset:
     rl: bool = True
     hardware: str = "8xH100"
     extra_pretrain: list = field(default_factory=list)
+    extra_sft: list = field(default_factory=list)
+    extra_rl: list = field(default_factory=list)
 
 
 PRESETS = {
     "tiny_cpu": SpeedrunPreset("tiny_cpu", "tiny_cpu", "tiny_cpu", vocab_size=8192, tok_max_chars=30_000_000,
                                core_max_per_task=100, chat_tasks="ARC-Easy,ARC-Challenge,MMLU,GSM8K,SpellingBee",
                                chat_max_per_task=40, rl=False, hardware="cpu"),
+    # the whole pipeline on toy shapes in a couple of minutes: what the test suite runs end to end
+    "smoke": SpeedrunPreset("tiny_cpu", "tiny_cpu", "tiny_cpu", vocab_size=512, tok_max_chars=2_000_000,
+                            core_max_per_task=2, chat_tasks="ARC-Easy,SpellingBee", chat_max_per_task=2, rl=False,
+                            hardware="cpu",
+                            extra_pretrain=["--depth", "2", "--aspect-ratio", "32", "--head-dim", "32", "--seq-len",
+                                            "128", "--device-batch-size", "4", "--total-batch-size", "512",
+                                            "--num-iterations", "12", "--eval-every", "6", "--eval-tokens", "2048",
+                                            "--sample-every", "-1", "--num-workers", "1", "--metrics-port", "0"],
+                            extra_sft=["--num-iterations", "6", "--device-batch-size", "2", "--total-batch-rows", "2",
+                                       "--synthetic-size", "50", "--num-val-examples", "8", "--eval-every", "-1",
+                                       "--chat-eval-tasks", "", "--num-workers", "1", "--metrics-port", "0",
+                                       "--mixture", "SimpleArithmetic,SpellingBee"]),
     "gpt2_8xh100": SpeedrunPreset("gpt2_8xh100", "gpt2_8xh100", "gpt2_8xh100", vocab_size=32768,
                                   tok_max_chars=2_000_000_000, download_shards=240, core_max_per_task=-1,
                                   chat_max_per_task=-1, rl=True, hardware="8xH100"),
@@ -53,6 +67,7 @@ def add_arguments(p):
     p.add_argument("--no-rl", dest="rl", action="store_false", help="skip the GRPO stage")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--run", default="", help="wandb run name prefix (default: no wandb)")
+    p.add_argument("--no-ray", action="store_true", help="run the training stages in this process, without Ray")
 
 
 def _cli(argv: list[str]) -> None:
@@ -72,7 +87,9 @@ def _final_checkpoint(run_dir: Path, stage: str) -> str:
     ck = latest_checkpoint(run_dir / "checkpoints" / stage)
     if ck is None:
         return ""
-    return "done" if read_meta(ck).get("final") else "partial"
+    meta = read_meta(ck)
+    planned = (meta.get("plan") or {}).get("num_iterations")
+    return "done" if meta.get("final") or (planned is not None and meta.get("step") == planned) else "partial"
 
 
 def run(args):
@@ -87,7 +104,7 @@ def run(args):
             raise RaychatError("no ../shared/data next to the repository: pass --data-dir with parquet shards "
                                "(see `raychat data prepare` / `raychat data download`)")
         data_dir = str(shared_data_dir() / "pretrain")
-    launch = ["--address", args.address] if args.address else []
+    launch = (["--address", args.address] if args.address else []) + (["--no-ray"] if args.no_ray else [])
     wandb = (lambda s: ["--run", f"{args.run}-{s}"]) if args.run else (lambda s: [])
     state_path = run_dir / "speedrun.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -125,18 +142,18 @@ def run(args):
                         *wandb("pretrain"), *(["--resume"] if base == "partial" else []), *preset.extra_pretrain]))
     stage("base_eval", (run_dir / "evals" / "base.json").is_file(),
           lambda: _cli(["eval", "base", *rd, "--data-dir", data_dir, "--max-per-task",
-                        str(preset.core_max_per_task)]))
+                        str(preset.core_max_per_task), *(["--download-bundle"] if preset.download_shards else [])]))
     sft = _final_checkpoint(run_dir, "sft")
     stage("sft", sft == "done",
           lambda: _cli(["sft", "--preset", preset.sft_preset, *rd, *launch, *wandb("sft"),
-                        *(["--resume"] if sft == "partial" else [])]))
+                        *(["--resume"] if sft == "partial" else []), *preset.extra_sft]))
     stage("chat_eval", (run_dir / "evals" / "chat_sft.json").is_file(),
           lambda: _cli(["eval", "chat", *rd, "--stage", "sft", "--tasks", preset.chat_tasks, "--max-per-task",
                         str(preset.chat_max_per_task)]))
     if do_rl:
         rl = _final_checkpoint(run_dir, "rl")
         stage("rl", rl == "done", lambda: _cli(["rl", "--preset", preset.rl_preset, *rd, *launch, *wandb("rl"),
-                                                *(["--resume"] if rl == "partial" else [])]))
+                                                *(["--resume"] if rl == "partial" else []), *preset.extra_rl]))
         stage("rl_eval", (run_dir / "evals" / "chat_rl.json").is_file(),
               lambda: _cli(["eval", "chat", *rd, "--stage", "rl", "--tasks", "GSM8K", "--max-per-task",
                             str(preset.chat_max_per_task)]))

@@ -352,8 +352,9 @@ def train(cfg: GRPOConfig, ctx) -> dict:
 
     last: dict = {}
     step = start_step
+    out_of_time = False
     while True:
-        last_step = step == num_iterations
+        last_step = step == num_iterations or out_of_time
         if cfg.eval_examples > 0 and (step == start_step or last_step or (cfg.eval_every > 0 and
                                                                           step % cfg.eval_every == 0)):
             model.eval()
@@ -363,9 +364,10 @@ def train(cfg: GRPOConfig, ctx) -> dict:
             sink.log({"event": "eval", "step": step, **ev})
             print0(f"[rl] step {step}: pass@1 {ev['pass@1']:.4f}  pass@{cfg.eval_k} {ev['pass@k']:.4f}")
         if last_step or (cfg.save_every > 0 and step > start_step and step % cfg.save_every == 0):
-            path = checkpoint(step, {"pass_at_k": evals[-1] if evals else None, "mean_reward": last.get("mean_reward")})
+            path = checkpoint(step, {"pass_at_k": evals[-1] if evals else None, "mean_reward": last.get("mean_reward"),
+                                     "final": last_step})
             ctx.report({"step": step, **last, **(evals[-1] if evals else {})}, checkpoint_dir=path)
-        if last_step or (cfg.max_seconds > 0 and total_time >= cfg.max_seconds):
+        if last_step:
             break
 
         # ---- rollouts ----
@@ -418,9 +420,12 @@ def train(cfg: GRPOConfig, ctx) -> dict:
         step += 1
         fault_injection(step, rank)
         total_time += t_roll + t_upd
-        g_positions, g_pg = all_reduce_sum([update_positions, pg_loss], dev.device)
+        # the time limit is decided together: ranks that stopped at different steps would deadlock
+        g_positions, g_pg, late = all_reduce_sum(
+            [update_positions, pg_loss, cfg.max_seconds > 0 and total_time >= cfg.max_seconds], dev.device)
+        out_of_time = late > 0
         last = {"mean_reward": g_reward / g_count, "mean_completion_length": g_gen / g_count,
-                "groups_with_signal": g_groups / cfg.prompts_per_step, "pg_loss": g_pg,
+                "groups_with_signal": g_groups / cfg.prompts_per_step, "loss": g_pg,
                 "rollout_tokens_per_second": g_gen / max(t_roll, 1e-9),
                 "update_tokens_per_second": g_positions / max(t_upd, 1e-9) if g_positions else 0.0,
                 "rollout_seconds": t_roll, "update_seconds": t_upd, "step_seconds": t_roll + t_upd, "lr": lrm,
@@ -430,7 +435,7 @@ def train(cfg: GRPOConfig, ctx) -> dict:
         sink.step(1, reward=round(last["mean_reward"], 3), len=round(last["mean_completion_length"], 1))
         if step % cfg.log_every == 0 or step == num_iterations:
             sink.log({"event": "train", "step": step, **last})
-            if step != num_iterations and not (cfg.save_every > 0 and step % cfg.save_every == 0):
+            if step != num_iterations and not out_of_time and not (cfg.save_every > 0 and step % cfg.save_every == 0):
                 ctx.report({"step": step, **last})
     if rank == 0 and evals:
         write_json_atomic(run_dir / "evals" / "rl_pass_at_k.json", {"task": cfg.task, "k": cfg.eval_k, "evals": evals})

@@ -444,12 +444,18 @@ def quick_chat_eval(model, tokenizer, task_names: str, max_problems: int, max_to
         except RaychatError as e:
             print0(f"[chat-eval] {name} skipped: {e}")
             continue
+        except Exception as e:  # noqa: BLE001 - the run is saved; report the failure instead of losing the rest
+            import traceback
+
+            print0(f"[chat-eval] {name} failed:\n{traceback.format_exc()}")
+            out[name] = {"error": f"{type(e).__name__}: {e}"}
+            continue
         out[name] = {k: r[k] for k in ("accuracy", "centered", "num_passed", "num_total", "seconds")}
         print0(f"[chat-eval] {name}: {r['accuracy']:.4f} ({r['num_passed']}/{r['num_total']})")
     if out:
         from raychat.evals.chat import BASELINES
 
-        known = {k: v for k, v in out.items() if k in BASELINES}
+        known = {k: v for k, v in out.items() if k in BASELINES and "centered" in v}
         out["mean_centered"] = sum(v["centered"] for v in known.values()) / max(len(known), 1)
     return out
 
@@ -520,11 +526,11 @@ def train(cfg: SFTConfig, ctx) -> dict:
         prune_checkpoints(ckpt_root, cfg.keep_checkpoints, rank)
         return path
 
-    val_loss, chat, last, ema = None, {}, {}, 0.0
+    val_loss, chat, last, ema, out_of_time = None, {}, {}, 0.0, False
     step = start_step
     model.train()
     while True:
-        last_step = step == num_iterations
+        last_step = step == num_iterations or out_of_time
         if val_idx and ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or last_step):
             model.eval()
             val_loss = evaluate_val_loss(model, task, tokenizer, val_idx, cfg.device_batch_size, seq_len, rank,
@@ -532,19 +538,20 @@ def train(cfg: SFTConfig, ctx) -> dict:
             model.train()
             sink.log({"event": "eval", "step": step, "val_loss": val_loss})
             print0(f"[sft] step {step}: val loss {val_loss:.4f}")
-        if last_step and cfg.chat_eval_tasks:
-            model.eval()
-            chat = quick_chat_eval(model, tokenizer, cfg.chat_eval_tasks, cfg.chat_eval_max_problems,
-                                   cfg.chat_eval_max_tokens, cfg.data_dir, dev.device, rank)
-            model.train()
-            sink.log({"event": "chat_eval", "step": step, "results": chat})
-            if rank == 0:
-                write_json_atomic(run_dir / "evals" / "sft_quick_chat_eval.json",
-                                  {"step": step, "max_problems": cfg.chat_eval_max_problems, "results": chat})
         if last_step or (cfg.save_every > 0 and step > start_step and step % cfg.save_every == 0):
-            path = checkpoint(step, {"val_loss": val_loss, "loss": last.get("loss"), "chat_eval": chat})
+            path = checkpoint(step, {"val_loss": val_loss, "loss": last.get("loss"), "final": last_step})
+            if last_step and cfg.chat_eval_tasks:
+                # after the checkpoint is written: an eval that fails can never lose the trained weights
+                model.eval()
+                chat = quick_chat_eval(model, tokenizer, cfg.chat_eval_tasks, cfg.chat_eval_max_problems,
+                                       cfg.chat_eval_max_tokens, cfg.data_dir, dev.device, rank)
+                sink.log({"event": "chat_eval", "step": step, "results": chat})
+                if rank == 0:
+                    write_json_atomic(run_dir / "evals" / "sft_quick_chat_eval.json",
+                                      {"step": step, "max_problems": cfg.chat_eval_max_problems, "results": chat})
+                    write_json_atomic(path / "meta.json", {**read_meta(path), "chat_eval": chat})
             ctx.report({"step": step, "val_loss": val_loss, **last}, checkpoint_dir=path)
-        if last_step or (cfg.max_seconds > 0 and total_time >= cfg.max_seconds):
+        if last_step:
             break
 
         # ---- one optimizer step ----
@@ -573,7 +580,10 @@ def train(cfg: SFTConfig, ctx) -> dict:
         step += 1
         fault_injection(step, rank)
         total_time += dt
-        loss_val = all_reduce_sum([float(loss_sum)], dev.device)[0] / max(global_tokens, 1.0)
+        # the time limit is decided together: ranks that stopped at different steps would deadlock
+        loss_all, late = all_reduce_sum([float(loss_sum), cfg.max_seconds > 0 and total_time >= cfg.max_seconds],
+                                        dev.device)
+        loss_val, out_of_time = loss_all / max(global_tokens, 1.0), late > 0
         if not math.isfinite(loss_val):
             raise RuntimeError(f"loss is {loss_val} at step {step}: training diverged")
         ema = 0.9 * ema + 0.1 * loss_val
@@ -585,7 +595,7 @@ def train(cfg: SFTConfig, ctx) -> dict:
         sink.step(1, loss=round(smooth, 4), tok_s=int(positions / dt))
         if step % cfg.log_every == 0 or step == num_iterations:
             sink.log({"event": "train", "step": step, **last, **loader.stats()})
-            if step != num_iterations and not (cfg.save_every > 0 and step % cfg.save_every == 0):
+            if step != num_iterations and not out_of_time and not (cfg.save_every > 0 and step % cfg.save_every == 0):
                 ctx.report({"step": step, **last})
     summary = {"event": "done", "step": step, "val_loss": val_loss, "final_loss": last.get("loss"),
                "total_training_time": total_time, "chat_eval": chat, "checkpoint": str(ckpt_root)}

@@ -1,0 +1,35 @@
+"""The whole pipeline end to end on toy shapes (`--preset smoke`, no Ray): tokenizer -> tokenizer eval ->
+pretrain -> base eval -> SFT -> chat eval -> report; a rerun skips every finished stage."""
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_speedrun_runs_every_stage_then_resumes(tmp_path, capsys):
+    from raychat.cli import main
+
+    run = tmp_path / "run"
+    assert main(["speedrun", "--preset", "smoke", "--run-dir", str(run), "--no-ray"]) == 0
+    out = capsys.readouterr().out
+    assert f"raychat chat --run-dir {run} --stage sft" in out and f"raychat serve --run-dir {run}" in out
+    state = json.loads((run / "speedrun.json").read_text())
+    stages = ["tokenizer", "tokenizer_eval", "pretrain", "base_eval", "sft", "chat_eval", "report"]
+    assert list(state["stages"]) == stages
+    assert all(state["stages"][s]["status"] == "ran" for s in stages)
+    for path in ("tokenizer/tokenizer.json", "evals/tokenizer.json", "checkpoints/base/step_000012/meta.json",
+                 "evals/base.json", "evals/core.csv", "checkpoints/sft", "evals/chat_sft.json",
+                 "plots/pretrain_curves.png", "report.md"):
+        assert (run / path).exists(), path
+    report = (run / "report.md").read_text()
+    for section in ("## Tokenizer", "### base (step 12", "### sft", "## Base model: CORE", "## Chat evals (sft)",
+                    "## Timings", "Total wall time"):
+        assert section in report, section
+    assert json.loads((run / "evals" / "chat_sft.json").read_text())["results"].keys() == {"ARC-Easy",
+                                                                                          "SpellingBee"}
+    # a second run resumes: everything but the report is skipped
+    assert main(["speedrun", "--preset", "smoke", "--run-dir", str(run), "--no-ray"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("output exists, skipped") == 6
