@@ -282,6 +282,7 @@ class OracleModel(torch.nn.Module):
         return logits
 
 
+@pytest.mark.slow
 def test_oracle_scores_one_uniform_scores_near_zero(shared_data):
     bundle = load_bundle(shared_data / "eval_bundle")
     assert len(bundle.tasks) == 20

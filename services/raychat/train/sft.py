@@ -218,8 +218,9 @@ def build_trainable(run_dir: Path, source: str, source_step: int, resume_dir: Pa
         try:
             ckpt = resolve_checkpoint(run_dir, source, None if source_step < 0 else source_step)
         except RaychatError as e:
-            hint = "raychat pretrain" if source == "base" else f"raychat {'sft' if source == 'sft' else 'rl'}"
-            raise RaychatError(f"{stage}: {e}; run `{hint} --run-dir {run_dir}` first") from None
+            hint = {"base": "raychat pretrain", "sft": "raychat sft", "rl": "raychat rl"}[source]
+            other = " (or start from another stage with --source base|sft)" if source != "base" else ""
+            raise RaychatError(f"{stage}: {e}; run `{hint} --run-dir {run_dir}` first{other}") from None
     meta = read_meta(ckpt)
     if "model_config" not in meta:
         raise RaychatError(f"checkpoint {ckpt}: meta.json has no model_config")
