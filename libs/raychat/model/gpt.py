@@ -91,6 +91,9 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
+    def reset_parameters(self) -> None:
+        pass  # GPT.init_weights() initialises every weight; torch's default init on meta tensors costs seconds
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype))
 
@@ -100,6 +103,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     d = x.size(-1) // 2
     x1, x2 = x[..., :d], x[..., d:]
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    # an explicit (uninitialised) weight skips nn.Embedding's default init; GPT.init_weights() does the real one
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
 
 
 class Attention(nn.Module):
@@ -162,12 +170,12 @@ class GPT(nn.Module):
         self.config = config
         self.compute_dtype = compute_dtype
         C, L = config.n_embd, config.n_layer
-        self.wte = nn.Embedding(config.vocab_size, C)
+        self.wte = _embedding(config.vocab_size, C)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(L)])
         self.lm_head = Linear(C, config.vocab_size)
         kv_dim = config.n_kv_head * config.head_dim
         self.value_embeds = nn.ModuleDict(
-            {str(i): nn.Embedding(config.vocab_size, kv_dim) for i in range(L) if config.has_value_embed(i)})
+            {str(i): _embedding(config.vocab_size, kv_dim) for i in range(L) if config.has_value_embed(i)})
         self.resid_lambdas = nn.Parameter(torch.empty(L))
         self.x0_lambdas = nn.Parameter(torch.empty(L))
         self.smear_channels = min(24, C)

@@ -104,13 +104,15 @@ class PretrainConfig:
 # ---- presets -------------------------------------------------------------------------------------------
 def tiny_cpu() -> PretrainConfig:
     """A few minutes on 2 CPU cores through Ray Train with 2 workers, on the shared Wikipedia shards: the
-    reference's small CPU configuration (d4, width 256, 4 heads of 64, seq 256, 2048 tokens per step)."""
+    reference's small CPU configuration (d4, width 256, 4 heads of 64, seq 256, 2048 tokens per step).
+    torch.compile on: inductor's fused CPU kernels make a step ~1.3x faster (`raychat bench train`), which
+    repays the one-off compile (cached on disk across runs) within the first hundred steps."""
     return PretrainConfig(preset="tiny_cpu", depth=4, aspect_ratio=64, head_dim=64, seq_len=256,
                           window_pattern="L", device_batch_size=4, total_batch_size=2048, num_iterations=400,
                           eval_every=100, eval_tokens=64 * 1024, sample_every=200, save_every=100,
                           core_every=-1, num_workers=2, log_every=10, warmdown_ratio=0.4,
                           embedding_lr=0.3, unembedding_lr=0.008, matrix_lr=0.04, weight_decay=0.0,
-                          scale_lr=False)
+                          scale_lr=False, compile=True)
 
 
 def d12() -> PretrainConfig:
