@@ -1,7 +1,7 @@
 """`raychat rl`: GRPO reinforcement learning from the SFT checkpoint, on Ray Train (or in this process with
 --no-ray).
 
-    raychat rl --preset tiny_cpu --run-dir runs/tiny        # SimpleArithmetic, 2 CPU workers, ~5 minutes
+    raychat rl --preset tiny_cpu --run-dir runs/tiny        # SimpleArithmetic, 2 CPU workers, ~3 minutes
     raychat rl --preset d20 --run-dir runs/d20              # GSM8K with the calculator, one 8-GPU node
     raychat rl --preset tiny_cpu --run-dir runs/tiny --resume
 """
