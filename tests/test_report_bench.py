@@ -32,6 +32,12 @@ def _run_dir(tmp_path):
     (run / "evals" / "base.json").write_text(json.dumps({"core": core, "val_bpb": 1.9, "samples": ["The cat"]}))
     (run / "evals" / "chat_sft.json").write_text(json.dumps({"chatcore": 0.1, "results": {
         "ARC-Easy": {"accuracy": 0.3, "centered": 0.0667, "num_passed": 3, "num_total": 10}}}))
+    (run / "evals" / "sft_quick_chat_eval.json").write_text(json.dumps({"step": 6, "results": {
+        "SimpleArithmetic": {"accuracy": 0.5, "centered": 0.5, "num_passed": 4, "num_total": 8},
+        "mean_centered": 0.5}}))
+    (run / "evals" / "rl_pass_at_k.json").write_text(json.dumps({"task": "SimpleArithmetic", "k": 4, "evals": [
+        {"step": 0, "pass@1": 0.1, "pass@k": 0.3, "eval_problems": 64},
+        {"step": 100, "pass@1": 0.3, "pass@k": 0.4, "eval_problems": 64}]}))
     (run / "speedrun.json").write_text(json.dumps({"hardware": "cpu", "stages": {
         "pretrain": {"seconds": 120.0, "status": "ran"}, "sft": {"seconds": 60.0, "status": "ran"}}}))
     return run
@@ -45,7 +51,9 @@ def test_report_has_every_section_and_plots(tmp_path):
                    "plots/pretrain_curves.png", "CORE = **0.0500**",
                    "| copa | multiple_choice | 10 | 0.6000 | 0.2000 |",
                    "Missing tasks: squad", "ChatCORE = **0.1000**", "| ARC-Easy |", "Total wall time 3.0 min",
-                   "estimated cost $0.10", "The cat"):
+                   "estimated cost $0.10", "The cat", "## SFT: quick chat eval at step 6",
+                   "| SimpleArithmetic | 0.5000 |",
+                   "## RL (GRPO) on SimpleArithmetic", "| 100 | 0.3000 | 0.4000 | 64 |"):
         assert needle in md, needle
     png = run / "plots" / "pretrain_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

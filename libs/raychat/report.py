@@ -210,6 +210,30 @@ def build_report(run_dir: str | os.PathLike, price_per_hour: float | None = None
                       for n, r in chat["results"].items()])
         md.append("")
 
+    sft_quick = _load_json(run_dir / "evals" / "sft_quick_chat_eval.json")
+    if sft_quick and isinstance(sft_quick.get("results"), dict):
+        res = {k: v for k, v in sft_quick["results"].items() if isinstance(v, dict)}
+        md += [f"## SFT: quick chat eval at step {sft_quick.get('step')}", ""]
+        md += _table(["task", "accuracy", "centered", "passed", "total"],
+                     [[n, r.get("accuracy"), r.get("centered"), r.get("num_passed"), r.get("num_total")]
+                      for n, r in res.items()])
+        sft_val = [e for e in _last_run(events, "sft") if e.get("event") == "eval" and e.get("val_loss") is not None]
+        if sft_val:
+            md += ["", "Validation loss on held-out conversations: " +
+                   ", ".join(f"step {e['step']}: {e['val_loss']:.4f}" for e in sft_val)]
+        md.append("")
+    rl = _load_json(run_dir / "evals" / "rl_pass_at_k.json")
+    if rl and rl.get("evals"):
+        k = rl.get("k")
+        md += [f"## RL (GRPO) on {rl.get('task')}: pass@1 and pass@{k} before/after", ""]
+        md += _table(["step", "pass@1", f"pass@{k}", "problems"],
+                     [[e.get("step"), e.get("pass@1"), e.get("pass@k"), e.get("eval_problems")] for e in rl["evals"]])
+        rewards = [e for e in _last_run(events, "rl") if e.get("event") == "train" and "mean_reward" in e]
+        if rewards:
+            md += ["", f"Mean reward: {rewards[0]['mean_reward']:.3f} at step {rewards[0]['step']} -> "
+                   f"{rewards[-1]['mean_reward']:.3f} at step {rewards[-1]['step']}"]
+        md.append("")
+
     speed = _load_json(run_dir / "speedrun.json")
     if speed and speed.get("stages"):
         total = sum(s.get("seconds", 0.0) for s in speed["stages"].values())
