@@ -119,3 +119,14 @@ def test_fp8_and_missing_tokenizer_are_refused_clearly(tmp_path, shared_data):
 
     with pytest.raises(RaychatError, match="fp8 training needs a CUDA GPU"):
         apply_gpu_options(None, tiny_cfg(tmp_path, shared_data, fp8="tensorwise"), "cpu")
+
+
+def test_max_seconds_stops_early_with_a_final_checkpoint(run_with_tokenizer, shared_data):
+    from raychat.checkpoint import latest_checkpoint, read_meta
+    from raychat.train.pretrain import train
+
+    run = run_with_tokenizer
+    summary = train(tiny_cfg(run, shared_data, num_iterations=50, max_seconds=1e-6, eval_every=-1), LocalContext())
+    assert 1 <= summary["step"] < 50
+    meta = read_meta(latest_checkpoint(run / "checkpoints" / "base"))
+    assert meta["step"] == summary["step"] and meta["final"] is True

@@ -134,7 +134,7 @@ def default_runs_root() -> Path:
 
 
 def resolve_run_dir(run_dir: str | os.PathLike | None, name: str = "default") -> Path:
-    p = Path(run_dir).expanduser() if run_dir else default_runs_root() / name
+    p = Path(run_dir).expanduser().resolve() if run_dir else default_runs_root() / name
     p.mkdir(parents=True, exist_ok=True)
     return p
 

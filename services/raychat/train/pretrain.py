@@ -184,7 +184,12 @@ def train(cfg: PretrainConfig, ctx) -> dict:
     step = start_step
     model.train()
     while True:
-        last_step = step == num_iterations
+        time_up = cfg.max_seconds > 0 and total_time >= cfg.max_seconds
+        if world > 1 and cfg.max_seconds > 0:  # every rank must stop at the same step
+            flag = torch.tensor([float(time_up)], device=dev.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            time_up = bool(flag.item())
+        last_step = step == num_iterations or time_up  # a time-capped run still evaluates and checkpoints
         # ---- periodic evaluation (not counted as training time) ----
         if cfg.eval_every > 0 and (last_step or step % cfg.eval_every == 0) or (last_step and cfg.eval_every < 0):
             model.eval()
@@ -210,7 +215,7 @@ def train(cfg: PretrainConfig, ctx) -> dict:
         if last_step or (cfg.save_every > 0 and step > start_step and step % cfg.save_every == 0):
             path = checkpoint(step, {"val_bpb": val_bpb, "loss": last.get("loss"), "final": last_step})
             ctx.report({"step": step, "val_bpb": val_bpb, **last}, checkpoint_dir=path)
-        if last_step or (cfg.max_seconds > 0 and total_time >= cfg.max_seconds):
+        if last_step:
             break
 
         # ---- one optimizer step ----
