@@ -99,3 +99,30 @@ def test_num_samples_greedy_copies_match_single():
     many = Engine(model, SPECIALS, max_batch_size=4).generate(p, SamplingParams(temperature=0.0, max_tokens=20,
                                                                                 num_samples=3))
     assert many == [one] * 3
+
+
+def test_freed_full_length_slot_does_not_overflow_the_cache():
+    """Regression: a request that filled its slot to the context limit finishes, its slot becomes a hole in the
+    decode span while a higher slot keeps running, and the hole's dummy token must not overflow."""
+    import torch
+
+    from raychat.engine import Engine, SamplingParams
+    from raychat.model import GPT, GPTConfig
+
+    cfg = GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, window_pattern="L")
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        m = GPT(cfg)
+    m.to_empty(device="cpu")
+    m.init_weights()
+    eng = Engine(m, {"<|bos|>": 0, "<|assistant_end|>": 1}, max_batch_size=2, max_seq_len=32)
+    long = eng.add_request([2] * 20, SamplingParams(temperature=0.0, max_tokens=100))    # fills slot 0 to 32
+    short = eng.add_request([3] * 4, SamplingParams(temperature=0.0, max_tokens=40))     # slot 1 keeps going
+    done = {}
+    for _ in range(200):
+        for ev in eng.step():
+            if ev.finish_reason is not None:
+                done[ev.request_id] = ev.finish_reason
+        if not eng.has_work():
+            break
+    assert done == {long: "length", short: "length"}

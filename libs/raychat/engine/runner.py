@@ -81,6 +81,8 @@ class ModelRunner:
             holes = holes + list(range(len(tokens), n))
             tokens = tokens + [0] * (n - len(tokens))
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device).view(n, 1)
+        if holes:  # a freed slot may still hold a full-length row: its dummy token must not overflow the cache
+            self.cache.seqlens[holes] = 0
         logits = self.model(idx, kv_cache=self.view(0, n))  # (n, 1, V)
         if holes:
             self.cache.seqlens[holes] = 0
