@@ -406,7 +406,10 @@ def test_sse_client_disconnect_cancels_in_the_engine(url):
         for i, _ in enumerate(r.iter_lines()):
             if i > 3:
                 break
-    wait_engine_idle(url)
+    # the request was cut after a few chunks of 110 tokens: the engine must drop it (it would otherwise keep
+    # generating for seconds), so running and waiting both return to zero
+    g = wait_engine_idle(url)
+    assert g["raychat:num_requests_running"] == 0 and g["raychat:num_requests_waiting"] == 0
 
 
 def test_global_bound_gives_429_with_retry_after(url):
