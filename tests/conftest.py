@@ -40,6 +40,28 @@ def ray_session():
     ray.shutdown()
 
 
+def tiny_gpt(vocab_size: int, seq_len: int = 64, depth: int = 2, width: int = 64, seed: int = 0):
+    """A random-init tiny GPT (head dim 32, full attention) whose zero-initialised output projections are given
+    small random values, so positions get distinct logits (a fresh init would make every block the identity)."""
+    import torch
+
+    from raychat.model import GPT, GPTConfig
+
+    cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=width // 32,
+                    n_kv_head=width // 32, n_embd=width, window_pattern="L")
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    with torch.no_grad():
+        for b in model.blocks:
+            b.attn.c_proj.weight.normal_(0, 0.02)
+            b.mlp.c_proj.weight.normal_(0, 0.02)
+        model.lm_head.weight.normal_(0, 0.02)
+    return model
+
+
 def make_tiny_run_dir(root: Path, *, vocab_size: int = 512, depth: int = 2, width: int = 64,
                       seq_len: int = 128, stages=("base",), never_stop: bool = False) -> Path:
     """A run directory with a BPE tokenizer trained on a slice of the shared Wikipedia shard and a random-init
@@ -49,26 +71,15 @@ def make_tiny_run_dir(root: Path, *, vocab_size: int = 512, depth: int = 2, widt
     import torch
 
     from raychat.checkpoint import save_checkpoint
-    from raychat.model import GPT, GPTConfig
     from raychat.tokenizer import train_tokenizer
 
     texts = pq.read_table(SHARED / "pretrain" / "shard_00000.parquet", columns=["text"]).column("text")
     texts = texts.slice(0, 300).to_pylist()
     tok = train_tokenizer(iter(texts), vocab_size)
     tok.save(root / "tokenizer")
-    cfg = GPTConfig(sequence_len=seq_len, vocab_size=tok.vocab_size, n_layer=depth, n_head=width // 32,
-                    n_kv_head=width // 32, n_embd=width, window_pattern="L")
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    with torch.no_grad():  # non-trivial outputs (zero-init projections would make every position identical)
-        for b in model.blocks:
-            b.attn.c_proj.weight.normal_(0, 0.02)
-            b.mlp.c_proj.weight.normal_(0, 0.02)
-        model.lm_head.weight.normal_(0, 0.02)
-        if never_stop:
+    model = tiny_gpt(tok.vocab_size, seq_len=seq_len, depth=depth, width=width)
+    if never_stop:
+        with torch.no_grad():
             for name in tok.special_tokens:
                 model.lm_head.weight[tok.special_id(name)] = 0.0
     for stage in stages:

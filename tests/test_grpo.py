@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_gpt
 from safetensors.torch import load_file
 
 from raychat.cli import main as cli_main
 from raychat.engine import Completion, Engine
 from raychat.engine.mock import ScriptedModel
-from raychat.model import GPT, GPTConfig
 from raychat.tasks import SimpleArithmetic
 from raychat.tokenizer import Tokenizer
 from raychat.train.context import LocalContext
@@ -36,20 +36,7 @@ TOK = Tokenizer.byte_level()
 SP = TOK.special_id
 
 
-def tiny_gpt(vocab_size: int) -> GPT:
-    cfg = GPTConfig(sequence_len=64, vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
-                    window_pattern="L")
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    with torch.no_grad():  # zero-init projections would make every position's logits identical
-        for b in model.blocks:
-            b.attn.c_proj.weight.normal_(0, 0.02)
-            b.mlp.c_proj.weight.normal_(0, 0.02)
-        model.lm_head.weight.normal_(0, 0.02)
-    return model
+
 
 
 def rl_cfg(run_dir: Path, **kw) -> GRPOConfig:
@@ -71,7 +58,7 @@ def test_group_advantages():
 
 
 def test_policy_loss_matches_reference_and_clips():
-    model = tiny_gpt(TOK.vocab_size)
+    model = tiny_gpt(TOK.vocab_size, seq_len=64)
     torch.manual_seed(1)
     x = torch.randint(0, 256, (3, 10))
     y = torch.randint(0, 256, (3, 10))

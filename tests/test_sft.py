@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_gpt
 from safetensors.torch import load_file
 
 from raychat.cli import main as cli_main
-from raychat.model import GPT, GPTConfig
 from raychat.tasks import SimpleArithmetic
 from raychat.tokenizer import Tokenizer
 from raychat.train.context import LocalContext
@@ -39,20 +39,7 @@ TOOL_CONV = {"messages": [
     {"role": "assistant", "content": "Bye!"}]}
 
 
-def tiny_gpt(vocab_size: int, seed: int = 0) -> GPT:
-    cfg = GPTConfig(sequence_len=256, vocab_size=vocab_size, n_layer=2, n_head=2, n_kv_head=2, n_embd=64,
-                    window_pattern="L")
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    with torch.no_grad():  # zero-init projections would make every position's logits identical
-        for b in model.blocks:
-            b.attn.c_proj.weight.normal_(0, 0.02)
-            b.mlp.c_proj.weight.normal_(0, 0.02)
-        model.lm_head.weight.normal_(0, 0.02)
-    return model
+
 
 
 def fresh_run(src: Path, dst: Path) -> Path:
@@ -91,7 +78,7 @@ def test_rows_to_batch_targets_only_assistant_tokens():
 def test_prompt_tokens_carry_no_loss_or_gradient():
     """The logits at positions whose target is a prompt token (or tool output, or padding) get exactly zero
     gradient, and the loss equals a naive masked mean of the cross-entropy."""
-    model = tiny_gpt(TOK.vocab_size)
+    model = tiny_gpt(TOK.vocab_size, seq_len=256)
     rows = [TOK.render_conversation(TOOL_CONV), TOK.render_conversation({"messages": TOOL_CONV["messages"][:2]})]
     x, y = rows_to_batch(rows, TOK.bos_id)
     captured = {}

@@ -37,8 +37,8 @@ def _barrier() -> None:
 
 def write_checkpoint_files(out_dir: Path, step: int, model, optimizer=None, config: dict | None = None,
                            meta: dict | None = None, rank: int = 0) -> None:
-    """Write this rank's part of a checkpoint into an existing directory (no atomicity: callers rename).
-    Ray Train workers call this on a local temp dir and report it; Ray merges the ranks' files."""
+    """Write this rank's part of a checkpoint into an existing directory (no atomicity: save_checkpoint writes
+    into a temp dir and renames it)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)

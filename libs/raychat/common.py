@@ -9,7 +9,6 @@ Overrides: RAYCHAT_DEVICE=cpu|cuda|mps, RAYCHAT_DTYPE=float32|bfloat16|float16, 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,10 +136,6 @@ def resolve_run_dir(run_dir: str | os.PathLike | None, name: str = "default") ->
     p = Path(run_dir).expanduser().resolve() if run_dir else default_runs_root() / name
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()
 
 
 def code_version() -> dict:

@@ -54,12 +54,10 @@ def environment() -> dict:
     return env
 
 
-def _last_run(events: list[dict], job: str) -> list[dict]:
-    """Events of the latest invocation of `job` (a rerun appends; a resume continues the same curve)."""
-    starts = [i for i, e in enumerate(events) if e.get("job") == job and e.get("event") == "start"]
-    first = starts[0] if starts else 0
-    # keep everything since the first start that is followed by a plan with the same num_iterations (resumes)
-    return [e for e in events[first:] if e.get("job") == job]
+def _job_events(events: list[dict], job: str) -> list[dict]:
+    """Every event of `job`, in order. A resumed run appends to the same curve; steps replayed after a restart
+    appear twice and the plots keep the later value."""
+    return [e for e in events if e.get("job") == job]
 
 
 def plot_curves(events: list[dict], out_dir: Path) -> list[str]:
@@ -71,7 +69,7 @@ def plot_curves(events: list[dict], out_dir: Path) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for job in ("pretrain", "sft", "rl"):
-        ev = _last_run(events, job)
+        ev = _job_events(events, job)
         train = {e["step"]: e for e in ev if e.get("event") == "train"}  # a replayed step keeps its last value
         evals = {e["step"]: e for e in ev if e.get("event") == "eval" and e.get("val_bpb") is not None}
         if not train:
@@ -174,7 +172,7 @@ def build_report(run_dir: str | os.PathLike, price_per_hour: float | None = None
         md.append("")
 
     for job in ("pretrain", "sft", "rl"):
-        tr = [e for e in _last_run(events, job) if e.get("event") == "train"]
+        tr = [e for e in _job_events(events, job) if e.get("event") == "train"]
         if tr:
             last = tr[-1]
             md.append(f"- {job}: last logged step {last.get('step')}, loss {_fmt(last.get('loss'))}, "
@@ -217,7 +215,7 @@ def build_report(run_dir: str | os.PathLike, price_per_hour: float | None = None
         md += _table(["task", "accuracy", "centered", "passed", "total"],
                      [[n, r.get("accuracy"), r.get("centered"), r.get("num_passed"), r.get("num_total")]
                       for n, r in res.items()])
-        sft_val = [e for e in _last_run(events, "sft") if e.get("event") == "eval" and e.get("val_loss") is not None]
+        sft_val = [e for e in _job_events(events, "sft") if e.get("event") == "eval" and e.get("val_loss") is not None]
         if sft_val:
             md += ["", "Validation loss on held-out conversations: " +
                    ", ".join(f"step {e['step']}: {e['val_loss']:.4f}" for e in sft_val)]
@@ -228,7 +226,7 @@ def build_report(run_dir: str | os.PathLike, price_per_hour: float | None = None
         md += [f"## RL (GRPO) on {rl.get('task')}: pass@1 and pass@{k} before/after", ""]
         md += _table(["step", "pass@1", f"pass@{k}", "problems"],
                      [[e.get("step"), e.get("pass@1"), e.get("pass@k"), e.get("eval_problems")] for e in rl["evals"]])
-        rewards = [e for e in _last_run(events, "rl") if e.get("event") == "train" and "mean_reward" in e]
+        rewards = [e for e in _job_events(events, "rl") if e.get("event") == "train" and "mean_reward" in e]
         if rewards:
             md += ["", f"Mean reward: {rewards[0]['mean_reward']:.3f} at step {rewards[0]['step']} -> "
                    f"{rewards[-1]['mean_reward']:.3f} at step {rewards[-1]['step']}"]
