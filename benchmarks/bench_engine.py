@@ -4,11 +4,14 @@ aggregate throughput of concurrent requests with continuous batching vs one requ
     .venv/bin/python benchmarks/bench_engine.py                     # d4 (width 256) and d6 (width 384), vocab 8192
     .venv/bin/python benchmarks/bench_engine.py --models d4 --threads 1 --repeats 5
     .venv/bin/python benchmarks/bench_engine.py --threads 1 --clock cpu    # on a busy shared box
+    .venv/bin/python benchmarks/bench_engine.py --models d4 --layouts decode,train   # the weight-layout effect
 
 Models are random-init GPTs from the depth dial (head_dim 64, vocab 8192, context 1024, window pattern SSSL),
-in fp32 on CPU (bf16 on a GPU if one is visible). Completions ignore stop tokens (the engine gets no tokenizer)
-so every request generates exactly its max_tokens. Each figure is the best of --repeats runs: on a shared box
-the best run is the one least disturbed by other processes (the load average is printed with the results).
+in fp32 on CPU (bf16 on a GPU if one is visible). Layout "decode" (the default, what `raychat serve/chat/eval`
+use) re-lays the long weights column-major for GEMV (GPT.use_decode_layout); "train" keeps the training layout.
+Completions ignore stop tokens (the engine gets no tokenizer) so every request generates exactly its max_tokens.
+Each figure is the best of --repeats runs: on a shared box the best run is the one least disturbed by other
+processes (the load average is printed with the results).
 
 Figures (per model):
 - prefill tok/s: a 256-token prompt prefilled into a slot (one forward), prompt tokens / time;
@@ -35,7 +38,7 @@ GREEDY = dict(temperature=0.0)
 now = time.perf_counter  # --clock cpu: time.process_time
 
 
-def build(depth: int, device: str, dtype: torch.dtype) -> GPT:
+def build(depth: int, device: str, dtype: torch.dtype, layout: str = "decode") -> GPT:
     cfg = config_for_depth(depth, head_dim=64, vocab_size=8192, seq_len=1024)
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -46,6 +49,8 @@ def build(depth: int, device: str, dtype: torch.dtype) -> GPT:
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.02)
+    if layout == "decode":
+        model.use_decode_layout()
     return model.eval()
 
 
@@ -168,6 +173,7 @@ def bench_aggregate(model, repeats, lengths: list[int], slots: int):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="d4,d6", help="comma-separated depths to run, e.g. d4,d6")
+    ap.add_argument("--layouts", default="decode", help="comma-separated weight layouts: decode, train")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is reported")
     ap.add_argument("--batches", default="1,8,32", help="decode batch sizes")
@@ -186,11 +192,13 @@ def main():
     print(f"# bench_engine: device={dev} dtype={str(dtype)[6:]} threads={torch.get_num_threads()} "
           f"torch={torch.__version__} clock={args.clock} repeats={args.repeats} (best of) load-avg-1min={load:.1f}\n")
     rows = []
-    for name in args.models.split(","):
+    for name, layout in [(n, lay) for n in args.models.split(",") for lay in args.layouts.split(",")]:
+        if layout not in ("decode", "train"):
+            raise SystemExit(f"--layouts: unknown layout {layout!r} (expected decode or train)")
         depth = int(name.strip().lstrip("d"))
-        model = build(depth, dev, dtype)
+        model = build(depth, dev, dtype, layout)
         c = model.config
-        label = f"d{depth} (width {c.n_embd}, {c.n_head} heads, vocab {c.vocab_size})"
+        label = f"d{depth} (width {c.n_embd}, {c.n_head} heads, vocab {c.vocab_size}, {layout} layout)"
         r = {"model": label}
         r["prefill"] = bench_prefill(model, args.repeats)
         r["raw@1"] = bench_raw_decode(model, args.repeats)

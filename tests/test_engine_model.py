@@ -126,3 +126,40 @@ def test_freed_full_length_slot_does_not_overflow_the_cache():
         if not eng.has_work():
             break
     assert done == {long: "length", short: "length"}
+
+
+def test_decode_layout_keeps_values_and_outputs_and_survives_checkpoints(tmp_path):
+    """GPT.use_decode_layout re-lays the long weights (lm_head, c_fc) column-major, in place: same values, same
+    state_dict, same logits; greedy output through the engine is unchanged; a second call does nothing; a
+    state_dict saved from it loads into a fresh model, and one saved by a fresh model loads into it."""
+    model = make_model(seed=7, sequence_len=64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(2, 97, (2, 30), generator=torch.Generator().manual_seed(0))
+    prompt = list(range(2, 14))
+    params = SamplingParams(temperature=0.0, max_tokens=24)
+    with torch.inference_mode():
+        ref_logits = model(idx)
+    ref_tokens = Engine(model, SPECIALS).generate(prompt, params)
+    assert all(p.is_contiguous() for p in model.parameters())  # the default leaves a trainable model alone
+
+    eng = Engine(model, SPECIALS, decode_layout=True)
+    relaid = [n for n, p in model.named_parameters() if not p.is_contiguous()]
+    assert sorted(relaid) == [f"blocks.{i}.mlp.c_fc.weight" for i in range(4)] + ["lm_head.weight"]
+    assert model.lm_head.weight.stride() == (1, model.lm_head.weight.size(0))
+    assert model.use_decode_layout() == 0  # idempotent
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(idx), ref_logits, atol=2e-5, rtol=1e-5)
+    assert eng.generate(prompt, params) == ref_tokens
+
+    torch.save(model.state_dict(), tmp_path / "relaid.pt")
+    fresh = make_model(seed=8, sequence_len=64)
+    fresh.load_state_dict(torch.load(tmp_path / "relaid.pt"))
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(idx), ref_logits, atol=2e-5, rtol=1e-5)
+    other = make_model(seed=9, sequence_len=64)
+    model.load_state_dict(other.state_dict())  # copies into the re-laid storage
+    assert not model.lm_head.weight.is_contiguous()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(idx), other(idx), atol=2e-5, rtol=1e-5)

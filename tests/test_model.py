@@ -56,6 +56,67 @@ def naive_attention(q, k, v, window):
     return torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v)
 
 
+def reference_forward(m: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """The model's forward written out plainly in float64 from the parameters (the architecture as the module
+    docstring describes it), independent of the module's code: rotary on the two halves of the head dim,
+    QK-norm after it, GQA by repeating KV heads, value-embedding gate, smear, residual lambdas, backout, softcap."""
+    c = m.config
+    P = {k: v.double() for k, v in m.state_dict().items()}
+    B, T = idx.shape
+    H, Hkv, D = c.n_head, c.n_kv_head, c.head_dim
+
+    def rms(x):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + torch.finfo(torch.float32).eps)
+
+    inv = 1.0 / (c.rope_base ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]  # (T, D/2)
+    cos, sin = ang.cos()[None, :, None], ang.sin()[None, :, None]
+
+    def rope(x):
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], -1)
+
+    x = rms(P["wte.weight"][idx])
+    if c.smear:
+        prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], 1)
+        gate = torch.sigmoid(x[..., :24] @ P["smear_gate"])
+        x = x + P["smear_lambda"] * gate[..., None] * prev
+    x0, x_mid = x, None
+    for i, w in enumerate(c.window_sizes()):
+        p = f"blocks.{i}."
+        x = P["resid_lambdas"][i] * x + P["x0_lambdas"][i] * x0
+        h = rms(x)
+        q = (h @ P[p + "attn.c_q.weight"].T).view(B, T, H, D)
+        k = (h @ P[p + "attn.c_k.weight"].T).view(B, T, Hkv, D)
+        v = (h @ P[p + "attn.c_v.weight"].T).view(B, T, Hkv, D)
+        if c.has_value_embed(i):
+            g = 2 * torch.sigmoid(h[..., :32] @ P[p + "attn.ve_gate.weight"].T)
+            v = v + g[..., None] * P[f"value_embeds.{i}.weight"][idx].view(B, T, Hkv, D)
+        q, k = rms(rope(q)), rms(rope(k))
+        y = naive_attention(q, k, v, w).reshape(B, T, H * D)
+        x = x + y @ P[p + "attn.c_proj.weight"].T
+        h = torch.relu(rms(x) @ P[p + "mlp.c_fc.weight"].T) ** 2
+        x = x + h @ P[p + "mlp.c_proj.weight"].T
+        if i == c.n_layer // 2 - 1:
+            x_mid = x
+    if c.backout:
+        x = x - P["backout_lambda"] * x_mid
+    logits = rms(x) @ P["lm_head.weight"].T
+    return c.logit_softcap * torch.tanh(logits / c.logit_softcap) if c.logit_softcap > 0 else logits
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1}, {"smear": False, "backout": False, "value_embeds": False},
+                                {"logit_softcap": 0.0}])
+def test_forward_matches_float64_reference(kw):
+    cfg = tiny_config(**kw)
+    m = make_model(cfg)
+    torch.manual_seed(3)
+    idx = torch.randint(0, cfg.vocab_size, (2, 20))
+    with torch.no_grad():
+        out = m(idx)
+    torch.testing.assert_close(out.double(), reference_forward(m, idx), atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("H,Hkv", [(4, 4), (4, 2), (4, 1)])
 @pytest.mark.parametrize("window", [None, 1, 5, 16])
 def test_sdpa_matches_float64_reference(H, Hkv, window):

@@ -245,6 +245,10 @@ def test_send_message_streams_tokens(page, fake_server):
 
 def test_stop_cancels_generation_on_server(page, cancel_probe, fake_server):
     before = cancel_probe.count()
+    open_settings(page)  # a long reply (the real app's tiny model decodes a 512-token default in ~2 s)
+    page.fill("#set-max-tokens", "4000")
+    page.click("#settings-save")
+    expect(page.locator("#settings")).to_be_hidden()
     mark = fake_server.mark()
     send(page, "/slow Tell me a very long story.")
     body = page.locator(".msg-assistant .msg-body").last

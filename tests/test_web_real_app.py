@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.ray, pytest.mark.slow]
 def chatty_run_dir(tmp_path_factory):
     from conftest import make_tiny_run_dir
 
-    # a long context so a reply runs for seconds (~1000 tokens) and can be stopped mid-stream
-    return make_tiny_run_dir(tmp_path_factory.mktemp("chatty"), stages=("sft",), never_stop=True, seq_len=1024)
+    # a long context, so the stop test's 4000-token reply runs for many seconds and is stopped mid-stream
+    return make_tiny_run_dir(tmp_path_factory.mktemp("chatty"), stages=("sft",), never_stop=True, seq_len=4096)
 
 
 @pytest.fixture(scope="module")

@@ -59,11 +59,12 @@ def _default_tool(expr: str) -> str:
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch_size: int = 8, max_seq_len: int | None = None,
                  tool_fn: Callable[[str], str] | None = _default_tool, decode_rows: str = "prefix",
-                 max_prefill_tokens: int = 4096):
+                 max_prefill_tokens: int = 4096, decode_layout: bool = False):
         """tokenizer: a raychat Tokenizer (enables tool use: expressions are decoded and results encoded with
         it) or a dict {special token name: id} (no tool use). max_seq_len: KV-cache positions per row,
         default the model's sequence_len. tool_fn: expression -> result text (default: the calculator);
-        None disables tool use."""
+        None disables tool use. decode_layout: re-lay the model's weights in place for faster CPU decoding
+        (GPT.use_decode_layout) — for a model used only for inference, never for one that is still trained."""
         if max_batch_size < 1:
             raise RaychatError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
@@ -71,7 +72,8 @@ class Engine:
         self.specials = Specials.from_tokenizer(tokenizer) if tokenizer is not None else Specials(None, None)
         self.max_seq_len = int(max_seq_len or model.config.sequence_len)
         self.max_batch_size = max_batch_size
-        self.runner = ModelRunner(model, max_batch_size, self.max_seq_len, decode_rows=decode_rows)
+        self.runner = ModelRunner(model, max_batch_size, self.max_seq_len, decode_rows=decode_rows,
+                                  decode_layout=decode_layout)
         self.scheduler = Scheduler(max_batch_size, max_prefill_tokens=max_prefill_tokens)
         self.tool_fn = tool_fn
         self._run_tool = self._tool_tokens if (tool_fn and self.tokenizer and self.specials.tools) else None

@@ -25,7 +25,8 @@ from raychat.engine.sampling import SamplingParams, sample_rows
 
 
 class ModelRunner:
-    def __init__(self, model, max_batch_size: int, max_seq_len: int, decode_rows: str = "prefix"):
+    def __init__(self, model, max_batch_size: int, max_seq_len: int, decode_rows: str = "prefix",
+                 decode_layout: bool = False):
         from raychat.model.kv_cache import KVCache
 
         if decode_rows not in ("prefix", "full"):
@@ -35,6 +36,8 @@ class ModelRunner:
             raise RaychatError(f"max_seq_len {max_seq_len} exceeds the model's rotary table ({rope.size(0)} "
                                f"positions = sequence_len {model.config.sequence_len} x rope_len_mult)")
         self.model = model
+        if decode_layout and hasattr(model, "use_decode_layout"):
+            model.use_decode_layout()
         self.device = model.get_device()
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len

@@ -95,14 +95,18 @@ class Linear(nn.Linear):
         pass  # GPT.init_weights() initialises every weight; torch's default init on meta tensors costs seconds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        w = self.weight
+        return F.linear(x, w if w.dtype == x.dtype else w.to(x.dtype))
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x (B, T, H, D); cos/sin broadcastable to (B, T, 1, D/2). Rotate the two halves of the head dim.
+    """Rotate the two halves (x1, x2) of the head dim: (x1 cos + x2 sin, x2 cos - x1 sin).
+
+    x (B, T, H, D); cos = [c, c] and sin = [s, -s] over the full head dim (the model's tables), broadcastable
+    to (B, T, 1, D). Written as x * cos + swap_halves(x) * sin: four kernels instead of nine, same products
+    and sums (x2 c + x1 (-s) == x2 c - x1 s exactly)."""
     d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+    return x * cos + torch.cat([x[..., d:], x[..., :d]], dim=-1) * sin
 
 
 def _embedding(num: int, dim: int) -> nn.Embedding:
@@ -128,11 +132,12 @@ class Attention(nn.Module):
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        if ve is not None:
-            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))  # (B, T, H_kv)
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k = norm(q), norm(k)  # QK-norm after RoPE
+        if ve is not None:  # v + 2 * sigmoid(gate) * ve, gate (B, T, H_kv) per KV head
+            gate = torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))
+            v = torch.addcmul(v, gate.unsqueeze(-1), ve.view(B, T, self.n_kv_head, self.head_dim), value=2)
+        # RoPE then QK-norm, on q and k together (one rotary and one norm instead of two each)
+        qk = norm(apply_rotary(torch.cat([q, k], dim=2), cos, sin))
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=2)
         if kv is None:
             y = attend(q, k, v, window)
         else:
@@ -186,8 +191,9 @@ class GPT(nn.Module):
             self.backout_lambda = nn.Parameter(torch.empty(()))
         self.windows = config.window_sizes()
         n_pos = config.sequence_len * config.rope_len_mult
-        self.register_buffer("cos", torch.empty(n_pos, config.head_dim // 2), persistent=False)
-        self.register_buffer("sin", torch.empty(n_pos, config.head_dim // 2), persistent=False)
+        # rotary tables over the full head dim: cos = [c, c], sin = [s, -s] (see apply_rotary)
+        self.register_buffer("cos", torch.empty(n_pos, config.head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(n_pos, config.head_dim), persistent=False)
 
     # ---- init -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -228,8 +234,30 @@ class GPT(nn.Module):
         inv_freq = 1.0 / (c.rope_base ** (torch.arange(0, d, 2, dtype=torch.float32, device=self.cos.device) / d))
         t = torch.arange(self.cos.size(0), dtype=torch.float32, device=self.cos.device)
         freqs = torch.outer(t, inv_freq)
-        self.cos.copy_(freqs.cos())
-        self.sin.copy_(freqs.sin())
+        c, s = freqs.cos(), freqs.sin()
+        self.cos.copy_(torch.cat([c, c], dim=-1))
+        self.sin.copy_(torch.cat([s, -s], dim=-1))
+
+    @torch.no_grad()
+    def use_decode_layout(self) -> int:
+        """Re-lay Linear weights for CPU decoding, in place; values, shapes and state_dict keys are unchanged.
+
+        A decode step multiplies one row vector by every weight (a GEMV), which streams the weight from memory;
+        on CPU it streams about twice as fast when the weight's longer dimension is contiguous (long rows suit
+        the prefetcher): the lm_head (vocab x width) and c_fc (4*width x width) are stored column-major
+        (strides (1, out)), the others stay as they are. `raychat bench engine` shows the effect. For inference:
+        a sharded optimizer's in-place gather needs row-major weights, so don't train a model after this (the
+        engine calls it only when asked to, `Engine(decode_layout=True)`). No-op on GPUs. Returns how many
+        weights were re-laid."""
+        if self.get_device().type != "cpu":
+            return 0
+        n = 0
+        for mod in self.modules():
+            w = mod.weight if isinstance(mod, Linear) else None
+            if w is not None and w.size(0) > w.size(1) and w.is_contiguous():
+                w.data = w.data.t().contiguous().t()
+                n += 1
+        return n
 
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
         self.compute_dtype = dtype
@@ -304,16 +332,22 @@ class GPT(nn.Module):
         if self.config.smear:
             if kv_cache is None:
                 prev = F.pad(x[:, :-1], (0, 0, 1, 0))
-            else:
-                first = (kv_cache.prev_emb[:, None] * (kv_cache.seqlens > 0)[:, None, None]).to(dt)
-                prev = torch.cat([first, x[:, :-1]], dim=1)
-                kv_cache.prev_emb.copy_(x[:, -1])
+            else:  # the token before the first new one is the cached row's last embedding (none for a fresh row)
+                if kv[2] is None:  # one row at a known position p0
+                    first = kv_cache.prev_emb[:, None] if kv[1] > 0 else torch.zeros_like(x[:, :1])
+                else:
+                    first = kv_cache.prev_emb[:, None] * (kv_cache.seqlens > 0)[:, None, None]
+                prev = first.to(dt) if T == 1 else torch.cat([first.to(dt), x[:, :-1]], dim=1)
             g = torch.sigmoid(x[..., : self.smear_channels] @ self.smear_gate.to(dt))  # (B, T)
-            x = x + (self.smear_lambda.to(dt) * g).unsqueeze(-1) * prev
+            smeared = x + (self.smear_lambda.to(dt) * g).unsqueeze(-1) * prev
+            if kv_cache is not None:  # after the read above: prev may be a view of prev_emb
+                kv_cache.prev_emb.copy_(x[:, -1])
+            x = smeared
         x0 = x
         x_mid = None
+        resid, x0_scale = self.resid_lambdas.to(dt).unbind(), self.x0_lambdas.to(dt).unbind()
         for i, block in enumerate(self.blocks):
-            x = self.resid_lambdas[i].to(dt) * x + self.x0_lambdas[i].to(dt) * x0
+            x = resid[i] * x + x0_scale[i] * x0
             ve = self.value_embeds[str(i)](idx).to(dt) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin, self.windows[i], kv)
             if i == self.config.n_layer // 2 - 1:
