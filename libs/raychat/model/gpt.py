@@ -306,6 +306,7 @@ class GPT(nn.Module):
         (B, 1, V), e.g. for a prefill, where the vocab projection of every prompt position would be wasted."""
         B, T = idx.shape
         dt = self.compute_dtype
+        p0 = None  # the start position when one cached row is extended (the slice path)
         if kv_cache is None:
             if T > self.cos.size(0):
                 raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.cos.size(0)})")
@@ -333,8 +334,8 @@ class GPT(nn.Module):
             if kv_cache is None:
                 prev = F.pad(x[:, :-1], (0, 0, 1, 0))
             else:  # the token before the first new one is the cached row's last embedding (none for a fresh row)
-                if kv[2] is None:  # one row at a known position p0
-                    first = kv_cache.prev_emb[:, None] if kv[1] > 0 else torch.zeros_like(x[:, :1])
+                if p0 is not None:
+                    first = kv_cache.prev_emb[:, None] if p0 > 0 else torch.zeros_like(x[:, :1])
                 else:
                     first = kv_cache.prev_emb[:, None] * (kv_cache.seqlens > 0)[:, None, None]
                 prev = first.to(dt) if T == 1 else torch.cat([first.to(dt), x[:, :-1]], dim=1)
