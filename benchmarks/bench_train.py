@@ -27,6 +27,13 @@ CONFIGS = {
     "d6": (6, 384, 64, 256, 8, 8192, False),
     "d6-compiled": (6, 384, 64, 256, 8, 8192, True),
 }
+# GPU configurations (the default on a CUDA box): the recipe's shapes, head_dim 128, vocab 32768, 2048 context,
+# compiled, bf16. The device batch is what fits an 80 GB card at that depth (nanochat's choice).
+GPU_CONFIGS = {
+    "d12": (12, 768, 128, 2048, 32, 32768, True),
+    "d20": (20, 1280, 128, 2048, 32, 32768, True),
+    "d24": (24, 1536, 128, 2048, 16, 32768, True),
+}
 
 
 def build(depth, width, head_dim, seq_len, vocab, device, dtype):
@@ -46,6 +53,9 @@ def build(depth, width, head_dim, seq_len, vocab, device, dtype):
 def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, compile_, steps, warmup, device, dtype, peak):
     from raychat.perf import mfu
 
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     model, opt = build(depth, width, head_dim, seq_len, vocab, device, dtype)
     fwd = torch.compile(model, dynamic=False) if compile_ else model
     t_compile = time.perf_counter()
@@ -78,7 +88,8 @@ def bench_config(name, depth, width, head_dim, seq_len, batch, vocab, compile_, 
             "batch": batch, "vocab": vocab, "params": model.num_params()["total"], "flops_per_token": fpt,
             "median_step_s": step, "tokens_per_s": tps, "mfu": mfu(fpt, tps, peak),
             "fwd_bwd_s": statistics.median(fb_times), "optim_s": step - statistics.median(fb_times),
-            "steps": steps, "compile": compile_, "first_step_s": t_compile}
+            "steps": steps, "compile": compile_, "first_step_s": t_compile,
+            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
 
 def projection(mfus=(0.4, 0.5), gpus: int = 8, peak: float = 989e12, price_per_gpu_hour: float = 3.0) -> list[dict]:
@@ -103,12 +114,13 @@ def to_markdown(res: dict) -> str:
     lines = [f"Peak: {res['peak_flops'] / 1e9:.1f} GFLOP/s ({res['peak_source']}); torch {res['torch']}, "
              f"{res['threads']} threads, dtype {res['dtype']}.", "",
              "| config | depth | width | seq | batch | vocab | params | FLOPs/token | step (s) | tokens/s | MFU | "
-             "fwd+bwd (s) | optim (s) | first step (s) |", "|" + "---|" * 14]
+             "fwd+bwd (s) | optim (s) | first step (s) | peak GPU mem |", "|" + "---|" * 15]
     for r in res["results"]:
         lines.append(f"| {r['config']} | {r['depth']} | {r['width']} | {r['seq_len']} | {r['batch']} | {r['vocab']} | "
                      f"{r['params'] / 1e6:.2f}M | {r['flops_per_token'] / 1e6:.1f}M | {r['median_step_s']:.3f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['mfu'] * 100:.1f}% | {r['fwd_bwd_s']:.3f} | {r['optim_s']:.3f} | "
-                     f"{r['first_step_s']:.1f} |")
+                     f"{r['first_step_s']:.1f} | "
+                     f"{'-' if r.get('peak_mem_gib') is None else format(r['peak_mem_gib'], '.1f') + ' GiB'} |")
     lines += ["", "Projection (not measured): pretraining on 8xH100 (989 TFLOP/s bf16 each), $3/GPU-hour.", "",
               "| preset | depth | tokens | FLOPs | MFU | hours | cost |", "|---|---|---|---|---|---|---|"]
     for p in res["projection"]:
@@ -122,7 +134,9 @@ def main(argv=None) -> dict:
     from raychat.perf import measure_gemm_peak, peak_flops
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated subset of " + ",".join([*CONFIGS, *GPU_CONFIGS]) +
+                         " (default: the CPU ones on a CPU, the GPU ones on a GPU)")
     ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps per config (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -133,11 +147,15 @@ def main(argv=None) -> dict:
         src = f"measured fp32 GEMM, {torch.get_num_threads()} threads"
     else:
         peak, src = peak_flops(dev.device_type, dev.dtype)
+        measured = measure_gemm_peak(dev.device, dev.dtype, n=8192, seconds=2.0)
+        src += f"; measured {str(dev.dtype).removeprefix('torch.')} GEMM 8192^3 here: {measured / 1e12:.0f} TFLOP/s"
+    table = CONFIGS if dev.device_type == "cpu" else GPU_CONFIGS
+    all_configs = {**CONFIGS, **GPU_CONFIGS}
     results = []
-    for name in args.configs.split(","):
-        if name not in CONFIGS:
-            raise SystemExit(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}")
-        results.append(bench_config(name, *CONFIGS[name], args.steps, args.warmup, dev.device, dev.dtype, peak))
+    for name in (args.configs or ",".join(table)).split(","):
+        if name not in all_configs:
+            raise SystemExit(f"unknown config {name!r}; choose from {', '.join(all_configs)}")
+        results.append(bench_config(name, *all_configs[name], args.steps, args.warmup, dev.device, dev.dtype, peak))
     res = {"peak_flops": peak, "peak_source": src, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "dtype": str(dev.dtype).removeprefix("torch."), "results": results, "projection": projection()}
     md = to_markdown(res)

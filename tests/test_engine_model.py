@@ -163,3 +163,47 @@ def test_decode_layout_keeps_values_and_outputs_and_survives_checkpoints(tmp_pat
     assert not model.lm_head.weight.is_contiguous()
     with torch.inference_mode():
         torch.testing.assert_close(model(idx), other(idx), atol=2e-5, rtol=1e-5)
+
+
+def test_inference_attention_drops_cudnn_sdpa_on_cuda_only():
+    """cuDNN's SDPA builds a graph per new shape (every decode step has a new key length): inference forwards
+    run with it switched off on CUDA, and the switch is undone afterwards; CPU is left alone."""
+    from raychat.model.attention import inference_attention
+
+    flags = torch.backends.cuda
+    assert flags.cudnn_sdp_enabled()
+    with inference_attention("cuda"):
+        assert not flags.cudnn_sdp_enabled()
+        assert flags.flash_sdp_enabled() and flags.mem_efficient_sdp_enabled() and flags.math_sdp_enabled()
+    assert flags.cudnn_sdp_enabled()
+    with inference_attention(torch.device("cpu")):
+        assert flags.cudnn_sdp_enabled()
+
+
+def test_engine_and_eval_forwards_run_without_cudnn_sdpa(monkeypatch):
+    """Every attention call of the engine's prefill and decode, and of the CORE scoring forward, happens inside
+    inference_attention (forced to its CUDA behaviour here, on CPU tensors)."""
+    import torch.nn.functional as F
+
+    import raychat.engine.runner as runner_mod
+    import raychat.evals.core as core_mod
+    from raychat.model.attention import inference_attention
+
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(*a, **k):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real_sdpa(*a, **k)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    for mod in (runner_mod, core_mod):
+        monkeypatch.setattr(mod, "inference_attention", lambda device: inference_attention("cuda"))
+    model = make_model(seed=3, sequence_len=64)
+    out = Engine(model, SPECIALS, max_batch_size=2).generate_many([[5, 6, 7], [8, 9]], SamplingParams(
+        temperature=0.0, max_tokens=6))
+    assert len(out) == 2 and seen and not any(seen)
+    n = len(seen)
+    rows = [core_mod.Row(0, 0, [5, 6, 7, 8], 2, 4), core_mod.Row(1, 0, [9, 10, 11], 1, 3)]
+    assert len(core_mod.score_rows(model, rows, pad_id=0, device="cpu")) == 2
+    assert len(seen) > n and not any(seen)

@@ -347,3 +347,30 @@ def test_depth_dial_and_d24_card_on_meta_device():
     assert windows.count(1024) == 18 and windows.count(2048) == 6
     expected = 6 * card["scaling_params"] + sum(12 * 12 * 128 * w for w in windows)
     assert card["flops_per_token"] == expected
+
+
+def test_backend_choice_is_memoised_and_forgettable(monkeypatch):
+    """Decided once per (device, request), re-decided after cache_clear (RAYCHAT_ATTN is read at decision time)."""
+    select_backend.cache_clear()
+    first = select_backend("cpu")
+    assert select_backend("cpu") is first
+    monkeypatch.setenv("RAYCHAT_ATTN", "fa2")
+    with pytest.raises(RuntimeError, match="fa2 needs a CUDA GPU|needs a CUDA GPU"):
+        select_backend("cpu")
+    monkeypatch.delenv("RAYCHAT_ATTN")
+    select_backend.cache_clear()
+    assert select_backend("cpu") == first and select_backend("cpu") is not first
+
+
+def test_window_masks_are_reused_but_bounded():
+    """Prefill of prompts of every length must not keep one (T, T) mask per length alive."""
+    from raychat.model import attention
+
+    attention._MASKS.clear()
+    m = attention._window_mask(40, 8, torch.device("cpu"))
+    assert attention._window_mask(40, 8, torch.device("cpu")) is m
+    for T in range(50, 90):
+        attention._window_mask(T, 8, torch.device("cpu"))
+    assert len(attention._MASKS) <= 16
+    i, j = torch.arange(40)[:, None], torch.arange(40)[None]
+    assert torch.equal(m, (j <= i) & (i - j < 8))

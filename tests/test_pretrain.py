@@ -130,3 +130,41 @@ def test_max_seconds_stops_early_with_a_final_checkpoint(run_with_tokenizer, sha
     assert 1 <= summary["step"] < 50
     meta = read_meta(latest_checkpoint(run / "checkpoints" / "base"))
     assert meta["step"] == summary["step"] and meta["final"] is True
+
+
+def test_convert_fp8_keeps_linears_fp8_gemms_cannot_take(monkeypatch):
+    """`--fp8` swaps only the block linears whose dims are multiples of 16 (an FP8 GEMM's requirement; the value-
+    embedding gates, width -> kv heads, are not), never the lm_head. torchao is a GPU extra: a stand-in module
+    applies the filter the way torchao's converter does."""
+    import sys
+    import types
+
+    import torch
+
+    from raychat.train.pretrain import convert_fp8
+    from tests.conftest import tiny_gpt
+
+    class Float8Linear(torch.nn.Linear):
+        pass
+
+    def convert_to_float8_training(module, *, config, module_filter_fn):
+        assert config == "tensorwise"
+        for parent_name, parent in list(module.named_modules()):
+            for name, child in list(parent.named_children()):
+                fqn = f"{parent_name}.{name}".lstrip(".")
+                if isinstance(child, torch.nn.Linear) and module_filter_fn(child, fqn):
+                    child.__class__ = Float8Linear
+        return module
+
+    fake = types.ModuleType("torchao.float8")
+    fake.convert_to_float8_training = convert_to_float8_training
+    fake.Float8LinearConfig = types.SimpleNamespace(from_recipe_name=lambda name: name)
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.float8", fake)
+    model = tiny_gpt(vocab_size=512, depth=2, width=64)
+    gates = [b.attn.ve_gate for b in model.blocks if b.attn.ve_gate is not None]
+    assert gates and all(g.out_features % 16 for g in gates)  # the case the filter exists for
+    n = convert_fp8(model, "tensorwise")
+    converted = {name for name, m in model.named_modules() if isinstance(m, Float8Linear)}
+    assert n == len(converted) == 2 * 6  # per block: c_q, c_k, c_v, c_proj, c_fc, mlp c_proj
+    assert not any("ve_gate" in name for name in converted) and "lm_head" not in converted

@@ -22,6 +22,7 @@ import torch
 
 from raychat.common import RaychatError
 from raychat.engine.sampling import SamplingParams, sample_rows
+from raychat.model.attention import inference_attention
 
 
 class ModelRunner:
@@ -68,7 +69,8 @@ class ModelRunner:
         if getattr(v, "prev_emb", None) is not None:
             v.prev_emb.zero_()
         idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        logits = self.model(idx, kv_cache=v, last_only=True)  # (1, 1, V)
+        with inference_attention(self.device):
+            logits = self.model(idx, kv_cache=v, last_only=True)  # (1, 1, V)
         return logits[:, -1]
 
     @torch.inference_mode()
@@ -86,7 +88,8 @@ class ModelRunner:
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device).view(n, 1)
         if holes:  # a freed slot may still hold a full-length row: its dummy token must not overflow the cache
             self.cache.seqlens[holes] = 0
-        logits = self.model(idx, kv_cache=self.view(0, n))  # (n, 1, V)
+        with inference_attention(self.device):
+            logits = self.model(idx, kv_cache=self.view(0, n))  # (n, 1, V)
         if holes:
             self.cache.seqlens[holes] = 0
         return logits[:, -1]

@@ -22,6 +22,7 @@ import torch
 
 from raychat.common import RaychatError, get_dist_info
 from raychat.evals.core import model_device, model_max_seq_len
+from raychat.model.attention import inference_attention
 from raychat.progress import Progress
 from raychat.tasks import eval_task
 from raychat.tasks.common import Task
@@ -86,7 +87,8 @@ def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_
         x = torch.full((len(prompts), T), tokenizer.bos_id, dtype=torch.long)   # right padding: causal model
         for i, p in enumerate(prompts):
             x[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        logits = model(x.to(device))                                           # (B, T, V)
+        with inference_attention(device):
+            logits = model(x.to(device))                                       # (B, T, V)
         for i, (conv, p) in enumerate(zip(convs, prompts)):
             letters = conv["letters"]
             allowed = torch.tensor([letter_id(letter) for letter in letters], device=logits.device)

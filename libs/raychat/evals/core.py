@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from raychat.common import RaychatError, get_dist_info, print0
 from raychat.evals.bundle import CoreTaskSpec, find_eval_bundle, load_bundle  # noqa: F401 (re-export)
+from raychat.model.attention import inference_attention
 
 # ------------------------------------------------------------------------------------------------------------------
 # Prompt rendering
@@ -151,7 +152,8 @@ def score_rows(model, rows: list[Row], pad_id: int, device) -> list[tuple[float,
     for i, r in enumerate(rows):
         idx[i, : len(r.tokens)] = torch.tensor(r.tokens, dtype=torch.long)
     idx = idx.to(device)
-    logits = model(idx)                                               # (B, T, V)
+    with inference_attention(idx.device):  # every batch has its own length: no per-shape cuDNN graphs
+        logits = model(idx)                                           # (B, T, V)
     lens = [max(0, r.end - r.start) for r in rows]
     b = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lens)).to(device)          # (N,)
     t = torch.cat([torch.arange(r.start - 1, r.start - 1 + n) for r, n in zip(rows, lens)]).to(device)

@@ -18,17 +18,34 @@ Flash kernels need bf16/fp16; with fp32 activations the sdpa path is used even w
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 
 import torch
 import torch.nn.functional as F
 
 _BACKENDS = ("fa3", "fa2", "sdpa")
+# Memos in plain dicts, not functools caches: torch.compile traces through these lookups silently, while it warns
+# on every lru_cache-wrapped function it meets inside a compiled forward.
+_MEMO: dict = {}
+_MASKS: dict = {}
 
 
-@functools.lru_cache(maxsize=1)
+def _memo(key, make):
+    if key not in _MEMO:
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
 def _load_fa3():
+    return _memo("fa3", _import_fa3)
+
+
+def _load_fa2():
+    return _memo("fa2", _import_fa2)
+
+
+def _import_fa3():
     try:
         import flash_attn_interface  # type: ignore
 
@@ -43,8 +60,7 @@ def _load_fa3():
         return None
 
 
-@functools.lru_cache(maxsize=1)
-def _load_fa2():
+def _import_fa2():
     try:
         import flash_attn  # type: ignore
 
@@ -53,10 +69,23 @@ def _load_fa2():
         return None
 
 
-@functools.cache
 def select_backend(device_type: str = "cpu", requested: str | None = None) -> tuple[str, str]:
-    """-> (backend, reason). Raises a clear error when a requested backend cannot run here."""
+    """-> (backend, reason), decided once per (device type, request). Raises a clear error when a requested
+    backend cannot run here. Training jobs call it before compiling (and print it), so compiled forwards only
+    read the memo."""
     requested = requested or os.environ.get("RAYCHAT_ATTN") or None
+    return _memo(("backend", device_type, requested), lambda: _select_backend(device_type, requested))
+
+
+def _clear_backend_choice() -> None:
+    """Forget the decisions (tests and the selftest switch RAYCHAT_ATTN)."""
+    _MEMO.clear()
+
+
+select_backend.cache_clear = _clear_backend_choice
+
+
+def _select_backend(device_type: str, requested: str | None) -> tuple[str, str]:
     if requested is not None and requested not in _BACKENDS:
         raise ValueError(f"unknown attention backend {requested!r}; expected one of {_BACKENDS}")
     cap = torch.cuda.get_device_capability() if device_type == "cuda" and torch.cuda.is_available() else None
@@ -80,6 +109,21 @@ def select_backend(device_type: str = "cpu", requested: str | None = None) -> tu
     return "sdpa", f"SM{cap[0]}{cap[1]}: no flash-attn package installed, torch SDPA"
 
 
+def inference_attention(device: torch.device | str):
+    """Context for inference forwards (engine prefill/decode, evals): on CUDA, SDPA without its cuDNN backend.
+
+    cuDNN's attention builds an execution graph for every new (batch, query length, key length) it sees, which
+    costs tens to hundreds of milliseconds; training repeats one shape, but decoding grows the key length by one
+    every step and prompts come in every length, so a generation would rebuild graphs at each token. Flash /
+    memory-efficient SDPA kernels have no per-shape setup. Enter it once per forward, not per layer (entering
+    costs ~30 us). A no-op off CUDA."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _flash_ok(q: torch.Tensor) -> str | None:
     if q.device.type != "cuda" or q.dtype not in (torch.bfloat16, torch.float16):
         return None
@@ -91,8 +135,19 @@ def _fa_window(window: int | None) -> tuple[int, int]:
     return (-1, 0) if window is None else (window - 1, 0)
 
 
-@functools.lru_cache(maxsize=16)
 def _window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # inside a compiled graph the mask is built (and fused) by the graph itself
+        return _make_window_mask(T, window, device)
+    key = (T, window, device)
+    mask = _MASKS.get(key)
+    if mask is None:
+        if len(_MASKS) >= 16:  # prompts come in every length: keep a few (T, T) masks, not one per length
+            _MASKS.clear()
+        mask = _MASKS[key] = _make_window_mask(T, window, device)
+    return mask
+
+
+def _make_window_mask(T: int, window: int, device: torch.device) -> torch.Tensor:
     i = torch.arange(T, device=device)[:, None]
     j = torch.arange(T, device=device)[None, :]
     return (j <= i) & (i - j < window)  # (T, T) bool, True = may attend

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from raychat.common import RaychatError, detect_device, print0, resolve_run_dir
+from raychat.model.attention import select_backend
 from raychat.train.context import fault_injection
 from raychat.train.metrics import TrainMetrics
 from raychat.train.schedule import lr_multiplier
@@ -305,7 +306,8 @@ def train(cfg: GRPOConfig, ctx) -> dict:
     setup_threads(cfg.num_threads, world, dev.device_type)
     run_dir = resolve_run_dir(cfg.run_dir or None, cfg.run or "default")
     tokenizer = load_tokenizer(run_dir)
-    print0(f"[rl] {dev.describe()}; world size {world}")
+    attn, why = select_backend(dev.device_type)  # decided before any compile
+    print0(f"[rl] {dev.describe()}; attention {attn} ({why}); world size {world}")
     print0(f"[rl] config:\n{cfg.to_json()}")
     if cfg.prompts_per_step % world:
         raise RaychatError(f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the number of workers "

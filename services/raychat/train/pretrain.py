@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from raychat.checkpoint import list_checkpoints, load_state, read_meta, save_checkpoint
 from raychat.common import RaychatError, detect_device, print0, resolve_run_dir, shared_data_dir
+from raychat.model.attention import select_backend
 from raychat.train.config import PretrainConfig, derive, model_config_for
 from raychat.train.context import fault_injection
 from raychat.train.metrics import TrainMetrics
@@ -53,6 +54,21 @@ def setup_threads(cfg_threads: int, world_size: int, device_type: str) -> None:
         torch.set_num_threads(n)
 
 
+def convert_fp8(model, recipe: str) -> int:
+    """Swap the block linears for torchao's Float8Linear (recipe "tensorwise" or "rowwise"); returns how many.
+    Only the block matrices: the lm_head's logits stay in bf16 (soft-capping is precision sensitive). FP8 GEMMs
+    need both weight dims divisible by 16, so small linears (the value-embedding gates: width -> kv heads) stay
+    bf16."""
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError:
+        raise RaychatError("fp8 needs torchao: pip install 'raychat[gpu]'") from None
+    before = sum(type(m).__name__ == "Float8Linear" for m in model.blocks.modules())
+    convert_to_float8_training(model.blocks, config=Float8LinearConfig.from_recipe_name(recipe),
+                               module_filter_fn=lambda m, _: m.in_features % 16 == 0 and m.out_features % 16 == 0)
+    return sum(type(m).__name__ == "Float8Linear" for m in model.blocks.modules()) - before
+
+
 def apply_gpu_options(model, cfg: PretrainConfig, device_type: str):
     """torch.compile and FP8 are applied from outside the model, and refused where they cannot run."""
     if cfg.fp8:
@@ -62,14 +78,7 @@ def apply_gpu_options(model, cfg: PretrainConfig, device_type: str):
         major, minor = torch.cuda.get_device_capability()
         if (major, minor) < (8, 9):
             raise RaychatError(f"fp8 needs SM89+ (Ada/Hopper); this GPU is SM{major}{minor}")
-        try:
-            from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-        except ImportError:
-            raise RaychatError("fp8 needs torchao: pip install 'raychat[gpu]'") from None
-        fp8_cfg = Float8LinearConfig.from_recipe_name(cfg.fp8)
-        # only the block matrices: the lm_head's logits stay in bf16 (soft-capping is precision sensitive)
-        convert_to_float8_training(model.blocks, config=fp8_cfg,
-                                   module_filter_fn=lambda m, _: m.in_features % 16 == 0 and m.out_features % 16 == 0)
+        convert_fp8(model, cfg.fp8)
     if cfg.compile:
         print0(f"[pretrain] torch.compile on {device_type} (first step compiles; inductor caches it on disk)")
         model = torch.compile(model, dynamic=False)
@@ -120,7 +129,8 @@ def train(cfg: PretrainConfig, ctx) -> dict:
         raise RaychatError(f"no tokenizer in {tok_dir}; train one first: raychat tok-train --run-dir {run_dir}")
     tokenizer = Tokenizer.load(tok_dir)
     plan = derive(cfg, tokenizer.vocab_size, world)
-    print0(f"[pretrain] {dev.describe()}; world size {world}")
+    attn, why = select_backend(dev.device_type)  # decided before any compile
+    print0(f"[pretrain] {dev.describe()}; attention {attn} ({why}); world size {world}")
     print0(f"[pretrain] config:\n{cfg.to_json()}")
     print0(f"[pretrain] plan: {plan}")
 

@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from raychat.common import RaychatError, detect_device, print0, resolve_run_dir, shared_data_dir
+from raychat.model.attention import select_backend
 from raychat.train.context import fault_injection
 from raychat.train.metrics import TrainMetrics
 from raychat.train.schedule import lr_multiplier
@@ -470,7 +471,8 @@ def train(cfg: SFTConfig, ctx) -> dict:
     setup_threads(cfg.num_threads, world, dev.device_type)
     run_dir = resolve_run_dir(cfg.run_dir or None, cfg.run or "default")
     tokenizer = load_tokenizer(run_dir)
-    print0(f"[sft] {dev.describe()}; world size {world}")
+    attn, why = select_backend(dev.device_type)  # decided before any compile
+    print0(f"[sft] {dev.describe()}; attention {attn} ({why}); world size {world}")
     print0(f"[sft] config:\n{cfg.to_json()}")
 
     torch.manual_seed(cfg.seed)
