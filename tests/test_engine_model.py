@@ -207,3 +207,40 @@ def test_engine_and_eval_forwards_run_without_cudnn_sdpa(monkeypatch):
     rows = [core_mod.Row(0, 0, [5, 6, 7, 8], 2, 4), core_mod.Row(1, 0, [9, 10, 11], 1, 3)]
     assert len(core_mod.score_rows(model, rows, pad_id=0, device="cpu")) == 2
     assert len(seen) > n and not any(seen)
+
+
+def test_auto_decode_layout_relays_only_what_the_timing_picks(monkeypatch):
+    """decode_layout="auto" asks ColumnMajorPick per weight shape (timed once per shape); only the weights it
+    picks are re-laid; outputs are unchanged; a bad value is refused by name."""
+    from raychat.engine.runner import ColumnMajorPick
+
+    model = make_model(seed=5, sequence_len=64)
+    prompt, params = list(range(2, 12)), SamplingParams(temperature=0.0, max_tokens=16)
+    ref = Engine(model, SPECIALS).generate(prompt, params)
+    asked = []
+
+    def fake_timing(self, w):
+        asked.append(tuple(w.shape))
+        return w.size(0) == model.lm_head.weight.size(0)  # "column-major wins" for the lm_head shape only
+
+    monkeypatch.setattr(ColumnMajorPick, "_faster_column_major", fake_timing)
+    eng = Engine(model, SPECIALS, decode_layout="auto")
+    relaid = [n for n, p in model.named_parameters() if not p.is_contiguous()]
+    assert relaid == ["lm_head.weight"]
+    assert sorted(set(asked)) == sorted(asked)  # one timing per distinct shape (the 4 c_fc share one)
+    assert eng.generate(prompt, params) == ref
+    with pytest.raises(ValueError, match="decode_layout must be True, False or 'auto'"):
+        Engine(make_model(seed=5, sequence_len=64), SPECIALS, decode_layout="fast")
+
+
+def test_column_major_pick_times_real_gemvs():
+    """The real timing runs on this CPU and returns a decision per shape, memoised; re-laying never changes the
+    weight it looked at."""
+    from raychat.engine.runner import ColumnMajorPick
+
+    pick = ColumnMajorPick(rounds=2, calls=2)
+    w = torch.randn(512, 64)
+    before = w.clone()
+    first = pick(w)
+    assert isinstance(first, bool) and pick(torch.randn(512, 64)) is first and len(pick.decided) == 1
+    assert w.is_contiguous() and torch.equal(w, before)

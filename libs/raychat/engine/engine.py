@@ -59,12 +59,13 @@ def _default_tool(expr: str) -> str:
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch_size: int = 8, max_seq_len: int | None = None,
                  tool_fn: Callable[[str], str] | None = _default_tool, decode_rows: str = "prefix",
-                 max_prefill_tokens: int = 4096, decode_layout: bool = False):
+                 max_prefill_tokens: int = 4096, decode_layout: bool | str = False):
         """tokenizer: a raychat Tokenizer (enables tool use: expressions are decoded and results encoded with
         it) or a dict {special token name: id} (no tool use). max_seq_len: KV-cache positions per row,
         default the model's sequence_len. tool_fn: expression -> result text (default: the calculator);
         None disables tool use. decode_layout: re-lay the model's weights in place for faster CPU decoding
-        (GPT.use_decode_layout) — for a model used only for inference, never for one that is still trained."""
+        (GPT.use_decode_layout): True = every long weight, "auto" = those this CPU's GEMV runs faster
+        re-laid (timed once at start) — for a model used only for inference, never for one still trained."""
         if max_batch_size < 1:
             raise RaychatError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model

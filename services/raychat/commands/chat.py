@@ -143,7 +143,7 @@ def run(args):
                                        dtype=args.dtype)
     if tokenizer is None:
         raise RaychatError(f"no tokenizer found for checkpoint {meta['checkpoint_dir']} (expected <run>/tokenizer)")
-    engine = Engine(model, tokenizer, max_batch_size=1, max_seq_len=args.max_seq_len, decode_layout=True)
+    engine = Engine(model, tokenizer, max_batch_size=1, max_seq_len=args.max_seq_len, decode_layout="auto")
     raw = args.raw or args.stage == "base"
     session = ChatSession(engine, tokenizer, params, raw=raw)
 

@@ -79,7 +79,7 @@ def run_chat(args, model, tokenizer, meta, run_dir: Path) -> dict:
     from raychat.evals import chatcore, run_chat_eval
 
     names = (args.tasks or DEFAULT_CHAT_TASKS).split(",")
-    engine = Engine(model, tokenizer, max_batch_size=args.batch_size, decode_layout=True)
+    engine = Engine(model, tokenizer, max_batch_size=args.batch_size, decode_layout="auto")
     results = {}
     for name in names:
         r = run_chat_eval(name, model, tokenizer, engine,

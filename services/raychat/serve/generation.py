@@ -71,7 +71,7 @@ class ChatService:
             raise ApiError("checkpoint has no tokenizer/ directory beside it", status=500, code="internal")
         self.tokenizer = tokenizer
         self.engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                             decode_layout=True)
+                             decode_layout="auto")
         self.aengine = AsyncEngine(self.engine)
         self.context = self.engine.max_seq_len
         self.default_max_tokens = default_max_tokens
