@@ -17,7 +17,8 @@ processes (the load average is printed with the results).
 Figures (per model):
 - prefill tok/s: a 256-token prompt prefilled into a slot (one forward), prompt tokens / time;
 - decode tok/s @ B: B requests running together, generated tokens / time over 64 decode steps;
-- bare model loop: the model's KV-cached forward + argmax without the engine (what batch-1 decode can reach);
+- bare model loop: the model's KV-cached forward + argmax without the engine (what batch-1 decode can reach
+  eagerly; on a GPU the engine's CUDA graphs go past it);
 - TTFT: add_request -> first token, idle engine, 256-token prompt; and for a request joining 7 running ones;
 - aggregate: 8 concurrent requests of 128 tokens (continuous batching, 8 slots) vs the same 8 sequentially
   (1 slot); and 24 requests of mixed lengths (32..256 tokens) through 8 slots vs sequentially.
@@ -34,6 +35,7 @@ import torch
 
 from raychat.engine import Engine, SamplingParams
 from raychat.model import GPT, config_for_depth
+from raychat.model.attention import inference_attention
 
 GREEDY = dict(temperature=0.0)
 now = time.perf_counter  # --clock cpu: time.process_time
@@ -122,12 +124,13 @@ def bench_raw_decode(model, repeats, steps=64, prompt_len=64):
     @torch.inference_mode()
     def once():
         cache.reset()
-        nxt = model(p, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
-        sync(model.get_device())
-        t = now()
-        for _ in range(steps):
-            nxt = model(nxt, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
-            nxt.tolist()  # the engine syncs once per step too
+        with inference_attention(model.get_device()):  # as the engine does (no per-shape cuDNN graphs on CUDA)
+            nxt = model(p, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
+            sync(model.get_device())
+            t = now()
+            for _ in range(steps):
+                nxt = model(nxt, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
+                nxt.tolist()  # the engine syncs once per step too
         return steps / (now() - t)
 
     return best(once, repeats)

@@ -244,3 +244,108 @@ def test_column_major_pick_times_real_gemvs():
     first = pick(w)
     assert isinstance(first, bool) and pick(torch.randn(512, 64)) is first and len(pick.decided) == 1
     assert w.is_contiguous() and torch.equal(w, before)
+
+
+def emulate_cuda_graphs(eng: Engine) -> Engine:
+    """Give a CPU engine the GraphedDecode path (buckets, padding, static KV path, restored state), replaying by
+    re-running the captured function instead of a CUDA graph."""
+    from raychat.engine.runner import GraphedDecode, _eager_replay
+
+    eng.runner.graphed = GraphedDecode(eng.runner, capture=_eager_replay)
+    return eng
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(window_pattern="SL", short_window_frac=0.25),
+    dict(n_kv_head=2, window_pattern="SSL", short_window_frac=0.2),
+])
+def test_static_kv_path_equals_dynamic_path(cfg):
+    """The fixed-shape decode path CUDA graphs capture (attention over every cache position, length mask, device
+    gathers) gives the logits and cache state of the ordinary path, rows at different lengths."""
+    import copy
+
+    model = make_model(seed=2, sequence_len=64, **cfg)
+    g = torch.Generator().manual_seed(4)
+    runner = ModelRunner(model, max_batch_size=3, max_seq_len=48)
+    for row, n in enumerate((5, 19, 11)):
+        runner.prefill(row, torch.randint(2, 97, (n,), generator=g).tolist())
+    snapshot = ([k.clone() for k in runner.cache.k], runner.cache.seqlens.clone(), runner.cache.prev_emb.clone())
+    idx = torch.randint(2, 97, (3, 1), generator=g)
+    with torch.inference_mode():
+        ref = model(idx, kv_cache=runner.view(0, 3))
+        ref_state = (runner.cache.seqlens.clone(), runner.cache.prev_emb.clone(), [k.clone() for k in runner.cache.k])
+        for k, s in zip(runner.cache.k, snapshot[0]):
+            k.copy_(s)
+        runner.cache.seqlens.copy_(snapshot[1])
+        runner.cache.prev_emb.copy_(snapshot[2])
+        view = copy.copy(runner.view(0, 3))
+        view.static = True
+        got = model(idx, kv_cache=view)
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+    assert torch.equal(runner.cache.seqlens, ref_state[0])
+    torch.testing.assert_close(runner.cache.prev_emb, ref_state[1])
+    for k, r in zip(runner.cache.k, ref_state[2]):
+        torch.testing.assert_close(k, r)
+
+
+def test_graphed_decode_gives_the_same_greedy_tokens_with_joins_holes_and_buckets():
+    """Through GraphedDecode (emulated on CPU): 5 slots -> buckets 1, 2, 4, 5; requests join mid-way, finish
+    and leave holes; every request's greedy tokens equal running it alone without graphs."""
+    model = make_model(seed=3, sequence_len=128, window_pattern="SSL")
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(2, 97, (n,), generator=g).tolist() for n in (5, 17, 9, 30, 3, 12)]
+    lengths = [40, 7, 25, 30, 33, 18]
+    alone = [Engine(model, SPECIALS, max_batch_size=1).generate(p, SamplingParams(temperature=0.0, max_tokens=n))[0]
+             for p, n in zip(prompts, lengths)]
+    eng = emulate_cuda_graphs(Engine(model, SPECIALS, max_batch_size=5))
+    assert eng.runner.graphed.buckets == [1, 2, 4, 5]
+    assert eng.runner.cache.seqlens.tolist() == [0] * 5  # capture's warm-up left no trace
+    spans = []
+    decode = eng.runner.graphed.decode
+    eng.runner.graphed.decode = lambda tokens, holes: spans.append(len(tokens)) or decode(tokens, holes)
+    got, rids = {}, {}
+    for i, (p, n) in enumerate(zip(prompts, lengths)):
+        rids[eng.add_request(p, SamplingParams(temperature=0.0, max_tokens=n))] = i
+        for _ in range(2 + i):
+            for ev in eng.step():
+                got.setdefault(rids[ev.request_id], []).append(ev.token_id)
+    while eng.has_work():
+        for ev in eng.step():
+            got.setdefault(rids[ev.request_id], []).append(ev.token_id)
+    for i in range(len(prompts)):
+        toks = got[i][:-1] if got[i][-1] in SPECIALS.values() else got[i]
+        assert toks == alone[i], f"request {i} differs through the graphed decode"
+    assert {1, 3, 5} <= set(spans)  # padded into buckets 1, 4 and 5
+
+
+def test_graphed_decode_survives_a_freed_full_length_slot():
+    """The regression above, through the graphed decode: a hole left at the full context length is reset before
+    the fixed-shape step, which would otherwise read past the rotary table."""
+    cfg = GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, window_pattern="L")
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        m = GPT(cfg)
+    m.to_empty(device="cpu")
+    m.init_weights()
+    eng = emulate_cuda_graphs(Engine(m, SPECIALS, max_batch_size=2, max_seq_len=32))
+    calls = []
+    decode = eng.runner.graphed.decode
+    eng.runner.graphed.decode = lambda tokens, holes: calls.append(len(tokens)) or decode(tokens, holes)
+    long = eng.add_request([2] * 20, SamplingParams(temperature=0.0, max_tokens=100))
+    short = eng.add_request([3] * 4, SamplingParams(temperature=0.0, max_tokens=40))
+    done = {}
+    for _ in range(200):
+        for ev in eng.step():
+            if ev.finish_reason is not None:
+                done[ev.request_id] = ev.finish_reason
+        if not eng.has_work():
+            break
+    assert done == {long: "length", short: "length"}
+    assert calls and 2 in calls  # the decode steps went through the graphed path, with the hole in the span
+
+
+def test_cuda_graphs_refused_off_cuda():
+    from raychat.common import RaychatError
+
+    with pytest.raises(RaychatError, match="cuda_graphs=True needs the model on a CUDA device"):
+        ModelRunner(make_model(), max_batch_size=2, max_seq_len=32, cuda_graphs=True)

@@ -59,13 +59,16 @@ def _default_tool(expr: str) -> str:
 class Engine:
     def __init__(self, model, tokenizer=None, max_batch_size: int = 8, max_seq_len: int | None = None,
                  tool_fn: Callable[[str], str] | None = _default_tool, decode_rows: str = "prefix",
-                 max_prefill_tokens: int = 4096, decode_layout: bool | str = False):
+                 max_prefill_tokens: int = 4096, decode_layout: bool | str = False,
+                 cuda_graphs: bool | None = None):
         """tokenizer: a raychat Tokenizer (enables tool use: expressions are decoded and results encoded with
         it) or a dict {special token name: id} (no tool use). max_seq_len: KV-cache positions per row,
         default the model's sequence_len. tool_fn: expression -> result text (default: the calculator);
         None disables tool use. decode_layout: re-lay the model's weights in place for faster CPU decoding
         (GPT.use_decode_layout): True = every long weight, "auto" = those this CPU's GEMV runs faster
-        re-laid (timed once at start) — for a model used only for inference, never for one still trained."""
+        re-laid (timed once at start) — for a model used only for inference, never for one still trained.
+        cuda_graphs: decode steps as CUDA graphs (runner.GraphedDecode); None = on when the model is on a CUDA
+        device, False = eager, True = required."""
         if max_batch_size < 1:
             raise RaychatError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
@@ -74,7 +77,7 @@ class Engine:
         self.max_seq_len = int(max_seq_len or model.config.sequence_len)
         self.max_batch_size = max_batch_size
         self.runner = ModelRunner(model, max_batch_size, self.max_seq_len, decode_rows=decode_rows,
-                                  decode_layout=decode_layout)
+                                  decode_layout=decode_layout, cuda_graphs=cuda_graphs)
         self.scheduler = Scheduler(max_batch_size, max_prefill_tokens=max_prefill_tokens)
         self.tool_fn = tool_fn
         self._run_tool = self._tool_tokens if (tool_fn and self.tokenizer and self.specials.tools) else None

@@ -17,6 +17,7 @@ big ones) is itself a valid cache. That gives us, without copying any K/V:
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 
@@ -62,9 +63,96 @@ class ColumnMajorPick:
         return best[1] < self.margin * best[0]
 
 
+def _cuda_capture(fn, device, pool):
+    """Record fn() (already warmed up) into a CUDA graph; returns (replay, outputs of the recorded call)."""
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=pool):
+        out = fn()
+    return g.replay, out
+
+
+def _eager_replay(fn, device, pool):
+    """Stand-in for _cuda_capture that re-runs fn on every replay (same static buffers): the bucketing, padding
+    and state handling of GraphedDecode, testable on a CPU."""
+    box = [fn()]
+
+    def replay():
+        box[0].copy_(fn())
+
+    return replay, box[0]
+
+
+class GraphedDecode:
+    """The one-token decode step as CUDA graphs, one per batch bucket (1, 2, 4, ... max_batch_size).
+
+    On a GPU a small model's decode step is a few hundred kernel launches from Python, and the launches, not the
+    GPU, set the pace (`benchmarks/RESULTS.md`, GPU section: ~7 ms a step at d12). A graph replays them in one
+    call. Graphs need fixed shapes and no host reads, so the captured forward runs the model's static KV path
+    (`cache.static`: attention over every cache position with a per-row length mask, positions gathered on the
+    device). Rows past the live ones are padded like holes (dummy token, length reset around the step). The
+    returned logits live in a static buffer that the next replay overwrites: consume them before the next step.
+    """
+
+    def __init__(self, runner: ModelRunner, capture=_cuda_capture):
+        self.runner = runner
+        n, buckets = 1, []
+        while n < runner.max_batch_size:
+            buckets.append(n)
+            n *= 2
+        self.buckets = buckets + [runner.max_batch_size]
+        self.graphs: dict[int, tuple] = {}
+        cache = runner.cache
+        saved = [t.clone() for t in (cache.seqlens, getattr(cache, "prev_emb", None)) if t is not None]
+        pool = torch.cuda.graph_pool_handle() if capture is _cuda_capture else None
+        try:
+            for b in reversed(self.buckets):  # largest first: the smaller graphs reuse its memory pool
+                self.graphs[b] = self._capture(b, capture, pool)
+        finally:  # warm-up forwards advanced the lengths and smear state: put them back
+            for t, v in zip([t for t in (cache.seqlens, getattr(cache, "prev_emb", None)) if t is not None], saved):
+                t.copy_(v)
+
+    @torch.inference_mode()
+    def _capture(self, b: int, capture, pool):
+        runner = self.runner
+        view = copy.copy(runner.view(0, b))
+        view.static = True
+        idx = torch.zeros(b, 1, dtype=torch.long, device=runner.device)
+        lens = view.seqlens.clone()
+
+        def fwd():
+            with inference_attention(runner.device):
+                return runner.model(idx, kv_cache=view)[:, -1]  # (b, V)
+
+        if capture is _cuda_capture:
+            side = torch.cuda.Stream(runner.device)
+            side.wait_stream(torch.cuda.current_stream(runner.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up off the capture stream: kernel selection, workspaces
+                    fwd()
+                    view.seqlens.copy_(lens)
+            torch.cuda.current_stream(runner.device).wait_stream(side)
+        replay, out = capture(fwd, runner.device, pool)
+        view.seqlens.copy_(lens)
+        return replay, idx, out
+
+    def decode(self, tokens: list[int], holes: list[int]) -> torch.Tensor:
+        n = len(tokens)
+        b = next(b for b in self.buckets if b >= n)
+        holes = holes + list(range(n, b))
+        replay, idx, out = self.graphs[b]
+        idx.copy_(torch.tensor(tokens + [0] * (b - n), dtype=torch.long).view(b, 1), non_blocking=True)
+        seqlens = self.runner.cache.seqlens
+        if holes:
+            seqlens[holes] = 0
+        replay()
+        if holes:
+            seqlens[holes] = 0
+        return out[:n]
+
+
 class ModelRunner:
     def __init__(self, model, max_batch_size: int, max_seq_len: int, decode_rows: str = "prefix",
-                 decode_layout: bool | str = False):
+                 decode_layout: bool | str = False, cuda_graphs: bool | None = None):
         from raychat.model.kv_cache import KVCache
 
         if decode_rows not in ("prefix", "full"):
@@ -84,6 +172,18 @@ class ModelRunner:
         self.decode_rows = decode_rows
         self.cache = KVCache.for_model(model, max_batch_size, max_seq_len)
         self._views: dict[tuple[int, int], object] = {}
+        # cuda_graphs: None = on where the model is on a CUDA device; True there too, refused elsewhere
+        if cuda_graphs and self.device.type != "cuda":
+            raise RaychatError(f"cuda_graphs=True needs the model on a CUDA device; it is on {self.device}")
+        self.graphed: GraphedDecode | None = None
+        if cuda_graphs is not False and self.device.type == "cuda":
+            try:
+                self.graphed = GraphedDecode(self)
+            except Exception as e:  # noqa: BLE001 - an engine without graphs still works, only slower
+                if cuda_graphs:
+                    raise
+                warnings.warn(f"CUDA graphs for decoding are off ({type(e).__name__}: {e}); decoding eagerly",
+                              stacklevel=2)
 
     def view(self, lo: int, hi: int):
         """The cache restricted to rows lo..hi-1 (shares storage; views are cached, the storage never moves)."""
@@ -120,6 +220,9 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, tokens: list[int], holes: list[int]) -> torch.Tensor:
         """Feed one token per row 0..len(tokens)-1 (holes carry a dummy 0). Returns logits (n, V)."""
+        if self.graphed is not None:
+            return self.graphed.decode(tokens if self.decode_rows == "prefix" else tokens + [0] * (
+                self.max_batch_size - len(tokens)), holes)
         n = self.max_batch_size if self.decode_rows == "full" else len(tokens)
         if n > len(tokens):
             holes = holes + list(range(len(tokens), n))
