@@ -335,7 +335,9 @@ def train(cfg: GRPOConfig, ctx) -> dict:
         source_ckpt = meta.get("source_checkpoint", source_ckpt)
         print0(f"[rl] resumed from {resume_dir} at RL step {start_step}")
     # max_seq_len: the engine stops a completion when the model's context is full
-    engine = Engine(model, tokenizer, max_batch_size=cfg.rollout_batch_size)
+    # eager decoding: CUDA graphs would pin the parameters' storage while the optimizer is changing them (not
+    # verified on a GPU under training yet)
+    engine = Engine(model, tokenizer, max_batch_size=cfg.rollout_batch_size, cuda_graphs=False)
     plan = {"num_iterations": num_iterations, "prompts_per_rank": per_rank, "train_prompts": len(train_task),
             "source_checkpoint": source_ckpt, "world_size": world}
     print0(f"[rl] plan: {plan}")

@@ -89,7 +89,7 @@ def apply_gpu_options(model, cfg: PretrainConfig, device_type: str):
 def sample(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens: int = 16) -> list[str]:
     from raychat.engine import Engine, SamplingParams
 
-    eng = Engine(model, tokenizer, max_batch_size=len(prompts))
+    eng = Engine(model, tokenizer, max_batch_size=len(prompts), cuda_graphs=False)  # a model in training
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     outs = []
     for p in prompts:

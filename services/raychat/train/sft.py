@@ -437,7 +437,7 @@ def quick_chat_eval(model, tokenizer, task_names: str, max_problems: int, max_to
     if not names:
         return {}
     root = data_root(data_dir, needed=False)
-    engine = Engine(model, tokenizer, max_batch_size=16)
+    engine = Engine(model, tokenizer, max_batch_size=16, cuda_graphs=False)  # a model in training
     out = {}
     for name in names:
         try:
