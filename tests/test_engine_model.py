@@ -75,20 +75,10 @@ def test_greedy_identical_alone_static_batch_and_joining_midway():
     static = Engine(model, SPECIALS, max_batch_size=4).generate_many(prompts, params)
     assert [c[0].tokens for c in static] == alone
     # continuous batching: requests arrive while others are half-way; with 3 slots one of them queues
-    eng = Engine(model, SPECIALS, max_batch_size=3)
-    got = {}
-    rids = {}
-    for i, p in enumerate(prompts):
-        rids[eng.add_request(p, params)] = i
-        for _ in range(3 + 4 * i):
-            for ev in eng.step():
-                got.setdefault(rids[ev.request_id], []).append(ev.token_id)
-    while eng.has_work():
-        for ev in eng.step():
-            got.setdefault(rids[ev.request_id], []).append(ev.token_id)
+    got = run_with_arrivals(Engine(model, SPECIALS, max_batch_size=3), prompts, [params] * len(prompts),
+                            gap=lambda i: 3 + 4 * i)
     for i in range(len(prompts)):
-        toks = got[i][:-1] if got[i][-1] in SPECIALS.values() else got[i]
-        assert toks == alone[i], f"request {i} differs when batched"
+        assert got[i] == alone[i], f"request {i} differs when batched"
 
 
 def test_num_samples_greedy_copies_match_single():
@@ -101,21 +91,22 @@ def test_num_samples_greedy_copies_match_single():
     assert many == [one] * 3
 
 
-def test_freed_full_length_slot_does_not_overflow_the_cache():
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphed"])
+def test_freed_full_length_slot_does_not_overflow_the_cache(graphs):
     """Regression: a request that filled its slot to the context limit finishes, its slot becomes a hole in the
-    decode span while a higher slot keeps running, and the hole's dummy token must not overflow."""
-    import torch
-
-    from raychat.engine import Engine, SamplingParams
-    from raychat.model import GPT, GPTConfig
-
+    decode span while a higher slot keeps running, and the hole's dummy token must not overflow (for the graphed
+    decode's fixed-shape step it would read past the rotary table)."""
     cfg = GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, window_pattern="L")
     torch.manual_seed(0)
     with torch.device("meta"):
         m = GPT(cfg)
     m.to_empty(device="cpu")
     m.init_weights()
-    eng = Engine(m, {"<|bos|>": 0, "<|assistant_end|>": 1}, max_batch_size=2, max_seq_len=32)
+    eng = Engine(m, SPECIALS, max_batch_size=2, max_seq_len=32)
+    spans = []
+    if graphs:
+        decode = emulate_cuda_graphs(eng).runner.graphed.decode
+        eng.runner.graphed.decode = lambda tokens, holes: spans.append(len(tokens)) or decode(tokens, holes)
     long = eng.add_request([2] * 20, SamplingParams(temperature=0.0, max_tokens=100))    # fills slot 0 to 32
     short = eng.add_request([3] * 4, SamplingParams(temperature=0.0, max_tokens=40))     # slot 1 keeps going
     done = {}
@@ -126,6 +117,7 @@ def test_freed_full_length_slot_does_not_overflow_the_cache():
         if not eng.has_work():
             break
     assert done == {long: "length", short: "length"}
+    assert not graphs or 2 in spans  # graphed: the decode steps went through it, with the hole in the span
 
 
 def test_decode_layout_keeps_values_and_outputs_and_survives_checkpoints(tmp_path):
@@ -249,10 +241,29 @@ def test_column_major_pick_times_real_gemvs():
 def emulate_cuda_graphs(eng: Engine) -> Engine:
     """Give a CPU engine the GraphedDecode path (buckets, padding, static KV path, restored state), replaying by
     re-running the captured function instead of a CUDA graph."""
-    from raychat.engine.runner import GraphedDecode, _eager_replay
+    from raychat.engine.runner import GraphedDecode
 
-    eng.runner.graphed = GraphedDecode(eng.runner, capture=_eager_replay)
+    def eager_replay(fn, device, pool):  # "replaying" re-runs fn into the same static output buffer
+        out = fn()
+        return (lambda: out.copy_(fn())), out
+
+    eng.runner.graphed = GraphedDecode(eng.runner, capture=eager_replay)
     return eng
+
+
+def run_with_arrivals(eng: Engine, prompts, params, gap) -> dict[int, list[int]]:
+    """Add request i after gap(i) engine steps; step until done. -> {request index: generated tokens, without a
+    final stop token}."""
+    got, rids = {}, {}
+    for i, p in enumerate(prompts):
+        rids[eng.add_request(p, params[i])] = i
+        for _ in range(gap(i)):
+            for ev in eng.step():
+                got.setdefault(rids[ev.request_id], []).append(ev.token_id)
+    while eng.has_work():
+        for ev in eng.step():
+            got.setdefault(rids[ev.request_id], []).append(ev.token_id)
+    return {i: t[:-1] if t[-1] in SPECIALS.values() else t for i, t in got.items()}
 
 
 @pytest.mark.parametrize("cfg", [
@@ -303,45 +314,11 @@ def test_graphed_decode_gives_the_same_greedy_tokens_with_joins_holes_and_bucket
     spans = []
     decode = eng.runner.graphed.decode
     eng.runner.graphed.decode = lambda tokens, holes: spans.append(len(tokens)) or decode(tokens, holes)
-    got, rids = {}, {}
-    for i, (p, n) in enumerate(zip(prompts, lengths)):
-        rids[eng.add_request(p, SamplingParams(temperature=0.0, max_tokens=n))] = i
-        for _ in range(2 + i):
-            for ev in eng.step():
-                got.setdefault(rids[ev.request_id], []).append(ev.token_id)
-    while eng.has_work():
-        for ev in eng.step():
-            got.setdefault(rids[ev.request_id], []).append(ev.token_id)
+    got = run_with_arrivals(eng, prompts, [SamplingParams(temperature=0.0, max_tokens=n) for n in lengths],
+                            gap=lambda i: 2 + i)
     for i in range(len(prompts)):
-        toks = got[i][:-1] if got[i][-1] in SPECIALS.values() else got[i]
-        assert toks == alone[i], f"request {i} differs through the graphed decode"
+        assert got[i] == alone[i], f"request {i} differs through the graphed decode"
     assert {1, 3, 5} <= set(spans)  # padded into buckets 1, 4 and 5
-
-
-def test_graphed_decode_survives_a_freed_full_length_slot():
-    """The regression above, through the graphed decode: a hole left at the full context length is reset before
-    the fixed-shape step, which would otherwise read past the rotary table."""
-    cfg = GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=2, n_kv_head=2, n_embd=32, window_pattern="L")
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        m = GPT(cfg)
-    m.to_empty(device="cpu")
-    m.init_weights()
-    eng = emulate_cuda_graphs(Engine(m, SPECIALS, max_batch_size=2, max_seq_len=32))
-    calls = []
-    decode = eng.runner.graphed.decode
-    eng.runner.graphed.decode = lambda tokens, holes: calls.append(len(tokens)) or decode(tokens, holes)
-    long = eng.add_request([2] * 20, SamplingParams(temperature=0.0, max_tokens=100))
-    short = eng.add_request([3] * 4, SamplingParams(temperature=0.0, max_tokens=40))
-    done = {}
-    for _ in range(200):
-        for ev in eng.step():
-            if ev.finish_reason is not None:
-                done[ev.request_id] = ev.finish_reason
-        if not eng.has_work():
-            break
-    assert done == {long: "length", short: "length"}
-    assert calls and 2 in calls  # the decode steps went through the graphed path, with the hole in the span
 
 
 def test_cuda_graphs_refused_off_cuda():

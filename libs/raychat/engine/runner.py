@@ -31,7 +31,7 @@ class ColumnMajorPick:
     this CPU with the weight stored column-major? Timed once per weight shape, both layouts interleaved, best of
     several rounds; the re-layout must win by 10% (it is a change to a shared model, so a tie keeps the layout
     training uses). A few tens of ms at engine start for a small model. On one AMD EPYC box column-major was
-    ~1.5x faster at vocab 8192 x width 256, on an Intel Xeon box slower: hence measured, not assumed."""
+    ~1.5x faster at vocab 8192 x width 256, on an Intel Xeon box no faster: hence measured, not assumed."""
 
     def __init__(self, rounds: int = 5, calls: int = 8, margin: float = 0.9):
         self.rounds, self.calls, self.margin = rounds, calls, margin
@@ -71,17 +71,6 @@ def _cuda_capture(fn, device, pool):
     return g.replay, out
 
 
-def _eager_replay(fn, device, pool):
-    """Stand-in for _cuda_capture that re-runs fn on every replay (same static buffers): the bucketing, padding
-    and state handling of GraphedDecode, testable on a CPU."""
-    box = [fn()]
-
-    def replay():
-        box[0].copy_(fn())
-
-    return replay, box[0]
-
-
 class GraphedDecode:
     """The one-token decode step as CUDA graphs, one per batch bucket (1, 2, 4, ... max_batch_size).
 
@@ -94,6 +83,7 @@ class GraphedDecode:
     """
 
     def __init__(self, runner: ModelRunner, capture=_cuda_capture):
+        """capture(fn, device, pool) -> (replay, outputs): CUDA graph capture; tests pass an eager stand-in."""
         self.runner = runner
         n, buckets = 1, []
         while n < runner.max_batch_size:
@@ -101,14 +91,14 @@ class GraphedDecode:
             n *= 2
         self.buckets = buckets + [runner.max_batch_size]
         self.graphs: dict[int, tuple] = {}
-        cache = runner.cache
-        saved = [t.clone() for t in (cache.seqlens, getattr(cache, "prev_emb", None)) if t is not None]
+        state = [t for t in (runner.cache.seqlens, getattr(runner.cache, "prev_emb", None)) if t is not None]
+        saved = [t.clone() for t in state]
         pool = torch.cuda.graph_pool_handle() if capture is _cuda_capture else None
         try:
             for b in reversed(self.buckets):  # largest first: the smaller graphs reuse its memory pool
                 self.graphs[b] = self._capture(b, capture, pool)
         finally:  # warm-up forwards advanced the lengths and smear state: put them back
-            for t, v in zip([t for t in (cache.seqlens, getattr(cache, "prev_emb", None)) if t is not None], saved):
+            for t, v in zip(state, saved):
                 t.copy_(v)
 
     @torch.inference_mode()
