@@ -25,7 +25,7 @@ def test_help_lists_the_documented_flags(capsys):
     assert ei.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--run-dir", "--stage", "--checkpoint", "--host", "--port", "--replicas", "--max-replicas",
-                 "--api-key", "--max-batch-size", "--max-concurrent-requests"):
+                 "--api-key", "--max-batch-size", "--max-concurrent-requests", "--enforce-eager"):
         assert flag in out, flag
 
 
@@ -73,3 +73,33 @@ def test_serve_command_serves_and_stops_on_ctrl_c(tiny_run_dir):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_enforce_eager_reaches_the_engine(tiny_run_dir, monkeypatch):
+    """--enforce-eager -> ServeConfig.enforce_eager -> Engine(cuda_graphs=False); without it the engine decides
+    (None: graphs where the model is on CUDA). /v1 info reports whether graphs are in use (never on a CPU)."""
+    import argparse
+
+    import raychat.engine
+    from raychat.commands import serve as serve_cmd
+    from raychat.serve.generation import ChatService
+
+    seen = []
+    real = raychat.engine.Engine
+
+    class Recording(real):
+        def __init__(self, *a, **kw):
+            seen.append(kw.get("cuda_graphs"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(raychat.engine, "Engine", Recording)
+    p = argparse.ArgumentParser()
+    serve_cmd.add_arguments(p)
+    for argv, expected in ((["--enforce-eager"], False), ([], None)):
+        cfg = serve_cmd.config_from_args(p.parse_args(["--run-dir", str(tiny_run_dir), "--stage", "sft", *argv]))
+        assert cfg.enforce_eager is (expected is False)
+        svc = ChatService.load(cfg)
+        try:
+            assert seen[-1] is expected and svc.info()["cuda_graphs"] is False
+        finally:
+            svc.shutdown()

@@ -47,6 +47,8 @@ def add_arguments(p):
     p.add_argument("--num-gpus", type=float, default=None,
                    help="GPUs per engine replica (default: 1 if CUDA is visible here, else 0)")
     p.add_argument("--device", default=None, help="engine device override: cpu | cuda")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="decode without CUDA graphs on a GPU (as vLLM's flag; graphs are on by default there)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address to join (e.g. auto); default: start a local Ray")
     for flag, (field, help_) in _LIMIT_FLAGS.items():
@@ -66,7 +68,8 @@ def config_from_args(args):
                            model_name=args.model_name, host=args.host, port=args.port, replicas=args.replicas,
                            autoscaling=autoscaling, api_key=args.api_key or os.environ.get("RAYCHAT_API_KEY"),
                            limits=Limits(**limits), max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
-                           num_cpus=args.replica_cpus, num_gpus=args.num_gpus, device=args.device)
+                           num_cpus=args.replica_cpus, num_gpus=args.num_gpus, device=args.device,
+                           enforce_eager=args.enforce_eager)
     except (ValueError, TypeError) as e:
         raise RaychatError(str(e)) from None
 

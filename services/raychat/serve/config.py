@@ -47,6 +47,7 @@ class ServeConfig:
     ingress_cpus: float = 0.25
     device: str | None = None            # engine device override (cpu/cuda); None = detect
     dtype: str | None = None             # engine dtype override; None = detect (bf16 on SM80+, fp32 on CPU)
+    enforce_eager: bool = False          # decode without CUDA graphs on a GPU (vLLM's --enforce-eager)
     web_dir: str | None = None           # static chat page (None = the repository's web/)
     app_name: str = "raychat"
 

@@ -64,14 +64,14 @@ class ChatService:
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_seq_len: int | None = None,
                  default_max_tokens: int = 512, model_name: str = "raychat", meta: dict | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", enforce_eager: bool = False):
         from raychat.engine import AsyncEngine, Engine
 
         if tokenizer is None:
             raise ApiError("checkpoint has no tokenizer/ directory beside it", status=500, code="internal")
         self.tokenizer = tokenizer
         self.engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                             decode_layout="auto")
+                             decode_layout="auto", cuda_graphs=False if enforce_eager else None)
         self.aengine = AsyncEngine(self.engine)
         self.context = self.engine.max_seq_len
         self.default_max_tokens = default_max_tokens
@@ -96,13 +96,14 @@ class ChatService:
                                       device=info.device, dtype=info.dtype)
         return cls(model, tok, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
                    default_max_tokens=config.limits.default_max_tokens, model_name=config.model_name, meta=meta,
-                   device=info.describe())
+                   device=info.describe(), enforce_eager=config.enforce_eager)
 
     def info(self) -> dict:
         cfg = self.engine.model.config
         return {"model_name": self.model_name, "context": self.context, "vocab_size": cfg.vocab_size,
                 "n_layer": getattr(cfg, "n_layer", None), "max_batch_size": self.engine.max_batch_size,
-                "device": self.device, "checkpoint": self.meta.get("checkpoint_dir"), "step": self.meta.get("step")}
+                "device": self.device, "checkpoint": self.meta.get("checkpoint_dir"), "step": self.meta.get("step"),
+                "cuda_graphs": self.engine.runner.graphed is not None}
 
     def stats(self) -> dict:
         s = self.aengine.stats()
