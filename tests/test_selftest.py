@@ -19,4 +19,5 @@ def test_selftest_cpu_subset(capsys):
     assert items["fp8 step"]["status"] == "skip" and "CUDA" in items["fp8 step"]["detail"]
     assert items["torch.compile"]["status"] == "skip" and items["torch.compile"]["detail"]
     assert items["ray train run"]["detail"] == "--quick"
+    assert items["cuda graphs decode"]["status"] == "skip" and "CUDA" in items["cuda graphs decode"]["detail"]
     assert "loss" in items["training step"]["detail"]
