@@ -1,7 +1,9 @@
 """The report card from a synthetic run directory, and benchmark recording into RESULTS.md."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from raychat.checkpoint import save_checkpoint
@@ -74,3 +76,20 @@ def test_bench_record_replaces_its_own_section(tmp_path, monkeypatch):
     assert text.count("<!-- bench:train -->") == 1
     assert "- command: `raychat bench train`" in text and "- machine:" in text and "- commit:" in text
     assert (tmp_path / "benchmarks" / "results" / "train.txt").read_text() == "table v2"
+
+
+def test_bench_train_runs_a_cpu_config_and_names_every_config_on_a_typo(monkeypatch):
+    """The training benchmark's table (one CPU config, one step) and its refusal of an unknown config, which
+    lists the GPU configurations too."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("bench_train", None)
+    import bench_train
+
+    res = bench_train.main(["--configs", "ref-d4", "--steps", "1", "--warmup", "0"])
+    (row,) = res["results"]
+    assert row["config"] == "ref-d4" and row["tokens_per_s"] > 0 and row["peak_mem_gib"] is None
+    assert "| ref-d4 | 4 | 256 | 256 | 8 | 8192 |" in res["markdown"] and row["mfu"] > 0
+    with pytest.raises(SystemExit, match="unknown config 'd99'; choose from .*d12, d20, d24"):
+        bench_train.main(["--configs", "d99"])
