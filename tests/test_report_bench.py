@@ -93,3 +93,16 @@ def test_bench_train_runs_a_cpu_config_and_names_every_config_on_a_typo(monkeypa
     assert "| ref-d4 | 4 | 256 | 256 | 8 | 8192 |" in res["markdown"] and row["mfu"] > 0
     with pytest.raises(SystemExit, match="unknown config 'd99'; choose from .*d12, d20, d24"):
         bench_train.main(["--configs", "d99"])
+
+
+def test_bench_sdpa_shapes_refuses_without_a_gpu(monkeypatch):
+    """The cuDNN-vs-flash shape benchmark exists for CUDA only and says so (it ran on an H200: RESULTS.md)."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("bench_sdpa_shapes", None)
+    import bench_sdpa_shapes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench_sdpa_shapes.main()
