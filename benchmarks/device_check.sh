@@ -45,3 +45,4 @@ want eval_base && step eval_base 90 $RC eval base --run-dir "$RUN" --eval-bundle
 want chat && step chat 45 $RC chat --run-dir "$RUN" --stage base --raw -p "The capital of France is" --max-tokens 32 \
     --temperature 0 --stats
 want bench_engine && step bench_engine 240 $PY benchmarks/bench_engine.py --models "${ENGINE_MODELS:-d12}" --repeats "${ENGINE_REPEATS:-1}"
+exit 0  # each step printed its own rc above

@@ -17,9 +17,11 @@ big ones) is itself a valid cache. That gives us, without copying any K/V:
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 
 import torch
+import torch.nn.functional as F
 
 from raychat.common import RaychatError
 from raychat.engine.sampling import SamplingParams, sample_rows
@@ -45,10 +47,6 @@ class ColumnMajorPick:
 
     @torch.inference_mode()
     def _faster_column_major(self, w: torch.Tensor) -> bool:
-        import time
-
-        import torch.nn.functional as F
-
         x = torch.randn(1, w.size(1), dtype=w.dtype, device=w.device)
         layouts = [w.detach(), w.detach().t().contiguous().t()]  # row-major as trained, column-major copy
         best = [float("inf"), float("inf")]

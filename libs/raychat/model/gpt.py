@@ -308,21 +308,13 @@ class GPT(nn.Module):
         B, T = idx.shape
         dt = self.compute_dtype
         p0 = None  # the start position when one cached row is extended (the slice path)
+        static = getattr(kv_cache, "static", False)  # set on the cache views CUDA graphs capture (engine runner)
         if kv_cache is None:
             if T > self.cos.size(0):
                 raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.cos.size(0)})")
             cos, sin = self.cos[None, :T, None].to(dt), self.sin[None, :T, None].to(dt)
             kv = None
-        elif getattr(kv_cache, "static", False):
-            # fixed shapes and no host reads (CUDA-graph capture): attend over every cache position, masked by the
-            # per-row lengths on the device; the caller guarantees that seqlens + T fits the cache
-            start = kv_cache.seqlens.long()
-            positions = start[:, None] + torch.arange(T, device=idx.device)[None, :]  # (B, T)
-            L = kv_cache.max_seq_len
-            cos, sin = self.cos[positions][:, :, None].to(dt), self.sin[positions][:, :, None].to(dt)
-            masks = {w: kvcache_mask(kv_cache.seqlens, T, L, w) for w in set(self.windows)}
-            kv = (kv_cache, positions, masks, L)
-        elif B == 1:  # one row: positions are a slice, attention needs no index tensors or masks
+        elif B == 1 and not static:  # one row: positions are a slice, attention needs no index tensors or masks
             p0 = int(kv_cache.seqlens[0])
             L = p0 + T
             if L > min(kv_cache.max_seq_len, self.cos.size(0)):
@@ -332,9 +324,14 @@ class GPT(nn.Module):
         else:
             start = kv_cache.seqlens.long()
             positions = start[:, None] + torch.arange(T, device=idx.device)[None, :]  # (B, T)
-            L = int(start.max()) + T
-            if L > min(kv_cache.max_seq_len, self.cos.size(0)):
-                raise ValueError(f"KV cache overflow: {L} positions needed, cache holds {kv_cache.max_seq_len}")
+            if static:
+                # fixed shapes, no host reads (CUDA-graph capture): attend over every cache position, masked by
+                # the per-row lengths on the device; the caller guarantees that seqlens + T fits the cache
+                L = kv_cache.max_seq_len
+            else:
+                L = int(start.max()) + T
+                if L > min(kv_cache.max_seq_len, self.cos.size(0)):
+                    raise ValueError(f"KV cache overflow: {L} positions needed, cache holds {kv_cache.max_seq_len}")
             cos, sin = self.cos[positions][:, :, None].to(dt), self.sin[positions][:, :, None].to(dt)
             masks = {w: kvcache_mask(kv_cache.seqlens, T, L, w) for w in set(self.windows)}
             kv = (kv_cache, positions, masks, L)
