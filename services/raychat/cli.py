@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "benchmarks -> benchmarks/RESULTS.md"),
     "selftest": ("selftest", "prove the GPU paths on this box (CPU subset elsewhere)"),
     "speedrun": ("speedrun", "the whole pipeline, resumable by stage"),
+    "import": ("importer", "import a nanochat checkpoint and tokenizer into a run directory"),
 }
 
 

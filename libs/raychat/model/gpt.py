@@ -11,6 +11,7 @@ Notable features, each a switch in GPTConfig where it is a research knob:
 - per-layer learnable residual scalars: x = resid_lambda[i] * x + x0_lambda[i] * x0 (x0 = normed embedding)
 - smear: x0[t] += lambda * sigmoid(w . x0[t][:24]) * x0[t-1]  (cheap bigram mixing; lambda starts at 0)
 - backout: before the final norm subtract backout_lambda * (the residual after the middle layer)
+- qk_scale: q and k multiplied by a constant after QK-norm (sharper attention; 1 = off; nanochat uses 1.2)
 - MLP with ReLU^2 at 4x width; logit soft-capping c*tanh(logits/c) computed in float32
 - explicit compute dtype: fp32 master weights, Linear casts its weight to the activation dtype; no autocast
 
@@ -45,6 +46,8 @@ class GPTConfig:
     logit_softcap: float = 15.0  # <= 0 disables
     rope_base: float = 10000.0
     rope_len_mult: int = 2  # rotary tables cover rope_len_mult * sequence_len positions
+    qk_scale: float = 1.0  # q and k are multiplied by this after QK-norm (imported nanochat models: 1.2)
+    backout_layer: int | None = None  # the block whose output backout subtracts; None = n_layer // 2 - 1
 
     def __post_init__(self):
         for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
@@ -60,6 +63,8 @@ class GPTConfig:
             raise ValueError(f"window_pattern {self.window_pattern!r} must be a non-empty string of S and L")
         if not 0.0 < self.short_window_frac <= 1.0:
             raise ValueError(f"short_window_frac must be in (0, 1], got {self.short_window_frac}")
+        if self.backout_layer is not None and not 0 <= self.backout_layer < self.n_layer:
+            raise ValueError(f"backout_layer must be in [0, {self.n_layer}), got {self.backout_layer}")
 
     @property
     def head_dim(self) -> int:
@@ -125,6 +130,7 @@ class Attention(nn.Module):
         self.c_v = Linear(C, self.n_kv_head * self.head_dim)
         self.c_proj = Linear(C, C)
         self.ve_gate_channels = min(32, C)
+        self.qk_scale = config.qk_scale
         self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head) if config.has_value_embed(layer_idx) else None
 
     def forward(self, x, ve, cos, sin, window, kv=None):
@@ -137,6 +143,8 @@ class Attention(nn.Module):
             v = torch.addcmul(v, gate.unsqueeze(-1), ve.view(B, T, self.n_kv_head, self.head_dim), value=2)
         # RoPE then QK-norm, on q and k together (one rotary and one norm instead of two each)
         qk = norm(apply_rotary(torch.cat([q, k], dim=2), cos, sin))
+        if self.qk_scale != 1.0:
+            qk = qk * self.qk_scale
         q, k = qk.split([self.n_head, self.n_kv_head], dim=2)
         if kv is None:
             y = attend(q, k, v, window)
@@ -190,6 +198,7 @@ class GPT(nn.Module):
         if config.backout:
             self.backout_lambda = nn.Parameter(torch.empty(()))
         self.windows = config.window_sizes()
+        self.backout_at = config.n_layer // 2 - 1 if config.backout_layer is None else config.backout_layer
         n_pos = config.sequence_len * config.rope_len_mult
         # rotary tables over the full head dim: cos = [c, c], sin = [s, -s] (see apply_rotary)
         self.register_buffer("cos", torch.empty(n_pos, config.head_dim), persistent=False)
@@ -358,7 +367,7 @@ class GPT(nn.Module):
             x = resid[i] * x + x0_scale[i] * x0
             ve = self.value_embeds[str(i)](idx).to(dt) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin, self.windows[i], kv)
-            if i == self.config.n_layer // 2 - 1:
+            if i == self.backout_at:
                 x_mid = x
         if self.config.backout and x_mid is not None:
             x = x - self.backout_lambda.to(dt) * x_mid
