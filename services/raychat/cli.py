@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selftest": ("selftest", "prove the GPU paths on this box (CPU subset elsewhere)"),
     "speedrun": ("speedrun", "the whole pipeline, resumable by stage"),
     "import": ("importer", "import a nanochat checkpoint and tokenizer into a run directory"),
+    "export": ("export", "export a checkpoint for Hugging Face transformers (trust_remote_code)"),
 }
 
 
