@@ -136,6 +136,9 @@ def test_tokenizer_encodes_and_decodes_like_raychat(fixture_export):
         assert ids == tok.encode(text), text
         assert hf_tok.decode(ids) == tok.decode(ids)
     assert hf_tok.bos_token_id == tok.bos_id and hf_tok.eos_token_id == tok.special_id("<|assistant_end|>")
+    # transformers' default (add_special_tokens) starts a document with <|bos|>, as nanochat's reference inputs do
+    for case in json.loads((FIXTURE / "reference.json").read_text())["cases"]:
+        assert hf_tok(case["prompt"])["input_ids"] == case["input_ids"]
 
 
 def test_chat_template_renders_like_raychat(fixture_export):

@@ -59,8 +59,9 @@ CHAT_TEMPLATE = """\
 """
 
 
-def hf_tokenizer(tok):
+def hf_tokenizer(tok, max_length: int | None = None):
     """raychat Tokenizer -> transformers PreTrainedTokenizerFast with the same ids, specials and chat template."""
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -70,11 +71,17 @@ def hf_tokenizer(tok):
 
     specials = sorted(tok.special_tokens, key=tok.special_tokens.get)
     backend = _RanksConverter(pattern=tok.pattern, extra_special_tokens=specials).converted()
+    # like raychat's documents, a text encoded with add_special_tokens (transformers' default) starts with <|bos|>;
+    # the chat template writes its own <|bos|> and apply_chat_template adds nothing
+    bos = ("<|bos|>", tok.bos_id)
+    backend.post_processor = processors.Sequence([
+        backend.post_processor,
+        processors.TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[bos])])
     if backend.get_vocab_size() != tok.vocab_size:
         raise RaychatError(f"tokenizer conversion gave {backend.get_vocab_size()} ids, expected {tok.vocab_size}")
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|bos|>", eos_token="<|assistant_end|>",
                                    pad_token="<|bos|>", chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
-                                   model_max_length=None)
+                                   model_max_length=max_length)
 
 
 def export_hf(path: str | os.PathLike, out: str | os.PathLike, stage: str = "sft", step: int | None = None) -> dict:
@@ -129,7 +136,7 @@ def export_hf(path: str | os.PathLike, out: str | os.PathLike, stage: str = "sft
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
         shutil.copyfile(MODELING_FILE, tmp / "modeling_raychat.py")
-        hf_tokenizer(tok).save_pretrained(str(tmp))
+        hf_tokenizer(tok, cfg.sequence_len).save_pretrained(str(tmp))
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
