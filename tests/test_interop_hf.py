@@ -93,6 +93,32 @@ def test_tiny_model_generate_gives_the_engines_greedy_tokens(tiny):
             assert out[len(want)] in (tok.special_id("<|assistant_end|>"), tok.bos_id)
 
 
+def test_tiny_model_kv_cache_matches_the_full_forward(tiny):
+    model, _, hf = tiny
+    ids = torch.randint(0, 256, (2, 50), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = model(ids)
+        first = hf(ids[:, :30], use_cache=True)
+        step = hf(ids[:, 30:41], past_key_values=first.past_key_values, prev_ids=ids[:, 29:30], use_cache=True)
+        last = hf(ids[:, 41:], past_key_values=step.past_key_values, prev_ids=ids[:, 40:41], use_cache=True)
+    got = torch.cat([first.logits, step.logits, last.logits], 1)
+    assert torch.allclose(got, want, atol=2e-5, rtol=0), (got - want).abs().max()
+
+
+def test_tiny_model_batched_left_padded_generate_matches_the_engine(tiny):
+    model, tok, hf = tiny
+    prompts = [tok.encode(t, prepend="<|bos|>") for t in ("Once upon a time, in a land", "Hi!")]
+    engine = Engine(model, tok, max_batch_size=2)
+    want = [c[0].tokens for c in engine.generate_many(prompts, SamplingParams(temperature=0.0, max_tokens=20))]
+    n = max(map(len, prompts))
+    ids = torch.tensor([[tok.bos_id] * (n - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (n - len(p)) + [1] * len(p) for p in prompts])
+    for use_cache in (True, False):
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=20, use_cache=use_cache)[:, n:].tolist()
+        for row, w in zip(out, want):
+            assert row[: len(w)] == w, use_cache
+
+
 def test_nanochat_fixture_import_export_matches_nanochat(fixture_export):
     _, _, hf, _, _ = fixture_export
     ref = json.loads((FIXTURE / "reference.json").read_text())

@@ -126,7 +126,7 @@ def export_hf(path: str | os.PathLike, out: str | os.PathLike, stage: str = "sft
               **cfg.to_dict(), "tie_word_embeddings": False, "dtype": "float32",
               "bos_token_id": sp["<|bos|>"], "eos_token_id": stops, "pad_token_id": sp["<|bos|>"]}
     generation = {"bos_token_id": sp["<|bos|>"], "eos_token_id": stops, "pad_token_id": sp["<|bos|>"],
-                  "do_sample": False, "use_cache": False}
+                  "do_sample": False}
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

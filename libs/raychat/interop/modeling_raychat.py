@@ -9,8 +9,10 @@ sliding windows and gated value embeddings, ReLU^2 MLP -> backout (minus a scale
 RMSNorm -> untied lm_head -> tanh soft-cap in fp32.
 
 Batches may be left-padded (attention_mask): positions count real tokens only, padding is never attended to
-and never smeared in. There is no KV cache: `generate` recomputes the whole sequence at every step, which is
-exact and fine for evaluation, slow for long outputs (raychat's own engine and server are the fast path).
+and never smeared in. `generate` keeps a transformers DynamicCache of the (rotated, normed) keys and values;
+smear needs the token before the new ones, which prepare_inputs_for_generation passes as `prev_ids` (taken from
+input_ids, so beam search's reordering keeps it right). The cache holds every position: sliding windows are
+masks, as in raychat's full forward.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import DynamicCache, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 
@@ -82,7 +84,7 @@ class _Attention(nn.Module):
         self.ve_gate_channels = min(32, c.n_embd)
         self.ve_gate = _Linear(self.ve_gate_channels, c.n_kv_head) if c.has_value_embed(i) else None
 
-    def forward(self, x, ve, cos, sin, allowed):
+    def forward(self, x, ve, cos, sin, allowed, cache, layer_idx):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -94,9 +96,12 @@ class _Attention(nn.Module):
         # rotary on both halves: (x1 cos + x2 sin, x2 cos - x1 sin), then QK-norm
         q, k = (_norm(torch.cat([t[..., :d] * cos + t[..., d:] * sin, t[..., d:] * cos - t[..., :d] * sin], -1))
                 * self.qk_scale for t in (q, k))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if cache is not None:  # -> every position so far
+            k, v = cache.update(k, v, layer_idx)
         rep = self.n_head // self.n_kv_head
-        q, k, v = q.transpose(1, 2), k.repeat_interleave(rep, 2).transpose(1, 2), v.repeat_interleave(rep, 2)
-        y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=allowed)
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -116,8 +121,8 @@ class _Block(nn.Module):
         self.attn = _Attention(c, i)
         self.mlp = _MLP(c)
 
-    def forward(self, x, ve, cos, sin, allowed):
-        x = x + self.attn(_norm(x), ve, cos, sin, allowed)
+    def forward(self, x, ve, cos, sin, allowed, cache, layer_idx):
+        x = x + self.attn(_norm(x), ve, cos, sin, allowed, cache, layer_idx)
         return x + self.mlp(_norm(x))
 
 
@@ -175,23 +180,42 @@ class RaychatForCausalLM(PreTrainedModel, GenerationMixin):
         freqs = positions.float()[..., None] * inv_freq
         return freqs.cos()[:, :, None].to(dtype), freqs.sin()[:, :, None].to(dtype)
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # forward makes its own DynamicCache: transformers' would be built from per-layer config fields
+
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+                labels: torch.LongTensor | None = None, past_key_values: DynamicCache | None = None,
+                use_cache: bool | None = None, prev_ids: torch.LongTensor | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
+        """input_ids (B, T): the new tokens; past_key_values: the cache of the positions before them (prev_ids
+        (B, 1): the token just before them, for smear); attention_mask (B, past + T): 1 = real, 0 = padding."""
         B, T = input_ids.shape
         dev = input_ids.device
-        real = torch.ones(B, T, dtype=torch.bool, device=dev) if attention_mask is None else attention_mask.bool()
-        positions = (real.long().cumsum(-1) - 1).clamp(min=0)  # left padding: the first real token is position 0
-        i, j = torch.arange(T, device=dev)[:, None], torch.arange(T, device=dev)[None, :]
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = DynamicCache()
+        P = cache.get_seq_length() if cache is not None else 0
+        S = P + T
+        real = torch.ones(B, S, dtype=torch.bool, device=dev) if attention_mask is None else attention_mask.bool()
+        if real.shape != (B, S):
+            raise ValueError(f"attention_mask has shape {tuple(real.shape)}, expected ({B}, {S}) (cached + new)")
+        positions = (real.long().cumsum(-1) - 1).clamp(min=0)[:, P:]  # left padding: first real token = position 0
+        i, j = torch.arange(P, S, device=dev)[:, None], torch.arange(S, device=dev)[None, :]
         diag = (i == j)[None]  # a padding query attends to itself only (no empty softmax rows)
         masks = {}
         for w in set(self.windows):
             ok = (j <= i) & (i - j < w) if w is not None else (j <= i)
-            masks[w] = ((ok[None] & real[:, None, :]) | diag)[:, None]  # (B, 1, T, T)
+            masks[w] = ((ok[None] & real[:, None, :]) | diag)[:, None]  # (B, 1, T, S)
 
         dt = self.lm_head.weight.dtype
         x = _norm(self.wte(input_ids).to(dt))
         if self.config.smear:
-            prev = F.pad(x[:, :-1] * real[:, :-1, None], (0, 0, 1, 0))  # no previous token before the first real one
+            if P > 0 and prev_ids is None:
+                raise ValueError("a cached forward with smear needs prev_ids, the token before input_ids")
+            first = _norm(self.wte(prev_ids).to(dt)) if P > 0 else torch.zeros_like(x[:, :1])
+            prev = torch.cat([first, x[:, :-1]], 1) * real[:, P - 1:S - 1, None] if P > 0 else \
+                F.pad(x[:, :-1] * real[:, :-1, None], (0, 0, 1, 0))  # nothing before the first real token
             g = torch.sigmoid(x[..., : self.smear_channels] @ self.smear_gate.to(dt))
             x = x + (self.smear_lambda.to(dt) * g).unsqueeze(-1) * prev
         cos, sin = self._rotary(positions, dt)
@@ -199,7 +223,7 @@ class RaychatForCausalLM(PreTrainedModel, GenerationMixin):
         for n, block in enumerate(self.blocks):
             x = self.resid_lambdas[n].to(dt) * x + self.x0_lambdas[n].to(dt) * x0
             ve = self.value_embeds[str(n)](input_ids).to(dt) if str(n) in self.value_embeds else None
-            x = block(x, ve, cos, sin, masks[self.windows[n]])
+            x = block(x, ve, cos, sin, masks[self.windows[n]], cache, n)
             if n == self.backout_at:
                 x_mid = x
         if self.config.backout and x_mid is not None:
@@ -212,7 +236,11 @@ class RaychatForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:  # labels are the inputs (HF convention): predict token t + 1 from position t
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache if use_cache else None)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        return {"input_ids": input_ids, "attention_mask": attention_mask}  # no cache: the whole sequence each step
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, use_cache=True,
+                                      **kwargs):
+        """generate's step: the tokens the cache hasn't seen, plus the one before them (for smear)."""
+        P = past_key_values.get_seq_length() if past_key_values is not None else 0
+        return {"input_ids": input_ids[:, P:], "prev_ids": input_ids[:, P - 1:P] if P > 0 else None,
+                "attention_mask": attention_mask, "past_key_values": past_key_values, "use_cache": use_cache}
