@@ -166,7 +166,8 @@ def read_tokenizer(tok_dir: str | Path) -> Tokenizer:
     try:
         with open(pkl, "rb") as f:
             obj = _TokenizerUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError) as e:
         raise RaychatError(f"{pkl} refused: {e}") from None
     state = obj.state if isinstance(obj, _EncodingState) else None
     if not isinstance(state, dict) or not {"pat_str", "mergeable_ranks", "special_tokens"} <= set(state):
@@ -237,8 +238,11 @@ def model_config(v: Vintage, mc: dict, logit_softcap: float = 15.0) -> dict:
     missing = sorted(set(CONFIG_FIELDS[:-1]) - set(mc))
     if unknown or missing:
         raise RaychatError(f"nanochat model_config: unknown fields {unknown or 'none'}, missing {missing or 'none'}")
-    n_layer = int(mc["n_layer"])
-    cfg = {k: int(mc[k]) for k in CONFIG_FIELDS[:-1]}
+    try:
+        cfg = {k: int(mc[k]) for k in CONFIG_FIELDS[:-1]}
+    except (TypeError, ValueError):
+        raise RaychatError(f"nanochat model_config has a non-integer size: {mc}") from None
+    n_layer = cfg["n_layer"]
     cfg.update(_window_config(v, mc), value_embeds=bool(v.ve_gate_channels), smear=v.smear, backout=v.smear,
                logit_softcap=float(logit_softcap), rope_base=v.rope_base, qk_scale=v.qk_scale)
     if v.smear:
