@@ -3,7 +3,7 @@
 Isolation (bubblewrap, `bwrap`, where the kernel lets it create namespaces):
 - its own PID namespace: the program sees only itself; when it ends, the kernel kills every process left in the
   namespace, `setsid`/double-fork included, and `/proc/<ppid>/environ` shows bwrap's empty environment;
-- an empty network namespace (no interfaces but a down loopback), plus its own IPC and UTS namespaces;
+- its own network namespace, with nothing in it but its own loopback, and its own IPC and UTS namespaces;
 - the whole filesystem read-only, with a private size-capped tmpfs as cwd/HOME/TMPDIR (`/tmp`), and the user's home
   directory, the host's /tmp and /run (sockets live there) replaced by empty tmpfs;
 - a clean environment, and as root outside it drops to `nobody` before any user code, so RLIMIT_NPROC applies
