@@ -206,6 +206,18 @@ def test_refuses_without_isolation(no_isolation):
         assert "--allow-unsandboxed-code" in str(e.value) and execution.ALLOW_ENV in str(e.value)
 
 
+def test_isolation_probe_runs_python_as_the_programs_will(monkeypatch):
+    probe = execution.isolation_problem.__wrapped__      # uncached
+    assert probe() is None
+    real = execution._bwrap_argv
+    # a sandbox that starts but hides the interpreter's stdlib must not pass (every program would fail)
+    monkeypatch.setattr(execution, "_bwrap_argv",
+                        lambda bwrap, env: real(bwrap, env)[:-1] + ["--tmpfs", os.path.dirname(os.__file__), "--"])
+    assert probe().startswith("bwrap cannot create the sandbox here (")
+    monkeypatch.setattr(execution.shutil, "which", lambda name: None)
+    assert probe() == "bubblewrap (bwrap) is not installed"
+
+
 def test_explicit_opt_in_runs_with_guards_only(no_isolation, monkeypatch, victim):
     r = execute_code("import os; print(os.getcwd())", allow_unsandboxed=True)
     assert r.success and os.path.basename(r.stdout_tail.strip()).startswith("raychat_exec_")

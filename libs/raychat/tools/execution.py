@@ -146,7 +146,10 @@ class ExecutionResult:
 def _hidden_dirs() -> list[str]:
     """Directories replaced by an empty tmpfs in the sandbox: the scratch dir, /run, and the user's home (keys,
     tokens, caches), unless one of them is "/"."""
-    home = str(Path.home())
+    try:
+        home = str(Path.home())
+    except (KeyError, RuntimeError):   # no HOME and no passwd entry (some containers)
+        home = ""
     return [d for d in dict.fromkeys([_SCRATCH, "/run", home]) if d not in ("", "/") and os.path.isdir(d)]
 
 
@@ -180,12 +183,15 @@ def isolation_problem() -> str | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return "bubblewrap (bwrap) is not installed"
+    # the real thing, down to importing the stdlib after dropping to nobody: a sandbox that starts but cannot run
+    # Python would fail every program and score a model 0 without a word
+    probe = _python(_runner(True, 10.0, 512, "import collections, json, math, re\nprint('sandbox ok')\n"))
     try:
-        p = subprocess.run(_bwrap_argv(bwrap, _BASE_ENV) + [sys.executable, "-I", "-S", "-c", "pass"], env={},
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        p = subprocess.run(_bwrap_argv(bwrap, _BASE_ENV) + probe, env={}, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"bwrap could not start ({e})"
-    if p.returncode != 0:
+    if p.returncode != 0 or p.stdout != b"sandbox ok\n":
         msg = (p.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {p.returncode}"])[-1]
         return f"bwrap cannot create the sandbox here ({msg[:200]}); user namespaces may be disabled or " \
                "unshare refused (e.g. Docker's default seccomp profile)"
@@ -204,6 +210,18 @@ def use_sandbox(allow_unsandboxed: bool = False) -> bool:
         f"refusing to run model-written code: {problem}. Install bubblewrap (Debian: apt-get install bubblewrap) "
         f"on a host that allows namespaces, or opt in to running it with in-process guards only (no filesystem, "
         f"process or network isolation) with --allow-unsandboxed-code or {ALLOW_ENV}=1")
+
+
+def _runner(sandboxed: bool, timeout: float, memory_mb: int, body: str) -> str:
+    """The child's `-c` program: the prelude with its limits, then `body`."""
+    return _PRELUDE.format(drop_uid=_NOBODY if sandboxed and os.geteuid() == 0 else -1,
+                           memory_bytes=int(memory_mb) << 20, cpu_seconds=max(1, int(timeout) + 1),
+                           fsize_bytes=_OUTPUT_LIMIT_BYTES, nproc=_MAX_PROCESSES, try_netns=not sandboxed) + body
+
+
+def _python(runner: str) -> list[str]:
+    # isolated mode (no PYTHON* env vars, no user site), no site-packages, no .pyc writes
+    return [sys.executable, "-I", "-S", "-B", "-c", runner]
 
 
 def _tail(path: str) -> str:
@@ -228,12 +246,7 @@ class _Child:
         src_path = os.path.join(self.workdir, "program.py")
         with open(src_path, "w", encoding="utf-8") as f:
             f.write(code)
-        root = os.geteuid() == 0
-        runner = _PRELUDE.format(drop_uid=_NOBODY if self.sandboxed and root else -1,
-                                 memory_bytes=int(memory_mb) << 20, cpu_seconds=max(1, int(timeout) + 1),
-                                 fsize_bytes=_OUTPUT_LIMIT_BYTES, nproc=_MAX_PROCESSES,
-                                 try_netns=not self.sandboxed) + body
-        python = [sys.executable, "-I", "-S", "-B", "-c", runner]
+        python = _python(_runner(self.sandboxed, timeout, memory_mb, body))
         if self.sandboxed:
             env = {**_BASE_ENV, "HOME": _SCRATCH, "TMPDIR": _SCRATCH}
             argv, popen_env, cwd = _bwrap_argv(shutil.which("bwrap"), env) + python, {}, self.workdir
