@@ -49,6 +49,7 @@ def test_pass_fail_and_output():
     assert 'File "program.py", line 3' in r.stderr_tail   # tracebacks point into the program itself
     assert execute_code("raise ValueError('x')").status == "failed"
     assert execute_code("this is not python").status == "failed"
+    assert execute_code('print("\udc80")').stdout_tail == "?\n"   # a lone surrogate in model text: no crash
 
 
 def test_timeout_kills_the_process():

@@ -235,7 +235,8 @@ def _tail(path: str) -> str:
 
 
 class _Child:
-    """One sandboxed interpreter: spawned on enter, its whole process group SIGKILLed on exit."""
+    """One sandboxed interpreter, started on construction; `finish` SIGKILLs whatever is left of it, `cleanup`
+    deletes its files (stdout/stderr/program on the host side)."""
 
     def __init__(self, code: str, body: str, timeout: float, memory_mb: int, allow_unsandboxed: bool,
                  pass_fds: tuple = ()):
@@ -244,18 +245,22 @@ class _Child:
         self.out_path = os.path.join(self.workdir, "stdout.txt")
         self.err_path = os.path.join(self.workdir, "stderr.txt")
         src_path = os.path.join(self.workdir, "program.py")
-        with open(src_path, "w", encoding="utf-8") as f:
-            f.write(code)
         python = _python(_runner(self.sandboxed, timeout, memory_mb, body))
         if self.sandboxed:
             env = {**_BASE_ENV, "HOME": _SCRATCH, "TMPDIR": _SCRATCH}
-            argv, popen_env, cwd = _bwrap_argv(shutil.which("bwrap"), env) + python, {}, self.workdir
+            argv, popen_env = _bwrap_argv(shutil.which("bwrap"), env) + python, {}
         else:
-            argv, popen_env, cwd = python, {**_BASE_ENV, "HOME": self.workdir, "TMPDIR": self.workdir}, self.workdir
-        self.t0 = time.perf_counter()
-        with open(src_path, "rb") as src, open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=cwd, env=popen_env, stdin=src, stdout=out, stderr=err,
-                                         pass_fds=pass_fds, start_new_session=True)
+            argv, popen_env = python, {**_BASE_ENV, "HOME": self.workdir, "TMPDIR": self.workdir}
+        try:
+            with open(src_path, "w", encoding="utf-8", errors="replace") as f:   # model text: lone surrogates
+                f.write(code)
+            self.t0 = time.perf_counter()
+            with open(src_path, "rb") as src, open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+                self.proc = subprocess.Popen(argv, cwd=self.workdir, env=popen_env, stdin=src, stdout=out,
+                                             stderr=err, pass_fds=pass_fds, start_new_session=True)
+        except BaseException:
+            self.cleanup()
+            raise
 
     def finish(self, deadline: float) -> str:
         """Wait until `deadline` (perf_counter), then kill whatever is left; 'exited' or 'timeout'."""
