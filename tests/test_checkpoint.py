@@ -146,6 +146,26 @@ def test_failed_save_cleans_up_and_keeps_older_checkpoints(tmp_path, monkeypatch
     load_state(tmp_path / "step_000002", _model(seed=1), torch.optim.AdamW(_model().parameters(), lr=1e-3))
 
 
+def test_a_rename_that_cannot_be_made_durable_is_rolled_back(tmp_path, monkeypatch):
+    """The parent dir's fsync after the rename fails: the new step is taken back out (new step) or the old one
+    put back (re-saved step), so only checkpoints known to be on disk are listed."""
+    m = _model()
+    save_checkpoint(tmp_path, 1, m, meta={"v": "old"})
+
+    def fail_root_fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(tmp_path):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        _real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_root_fsync)
+    for step in (2, 1):
+        with pytest.raises(RaychatError, match=f"step {step} .* moving it into place on rank 0: .*Input/output"):
+            save_checkpoint(tmp_path, step, m, meta={"v": "new"})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000001"]
+    assert json.loads((tmp_path / "step_000001" / "meta.json").read_text())["v"] == "old"
+
+
 def test_files_and_dirs_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     events = []
     real_replace = os.replace
