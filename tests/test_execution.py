@@ -149,6 +149,16 @@ def test_process_count_is_limited():
     assert int(r.stdout_tail) < execution._MAX_PROCESSES
 
 
+def test_runs_without_privileges():
+    uids = {int(execute_code("import os; print(os.getuid())").stdout_tail) for _ in range(3)}
+    if os.geteuid() == 0:      # root outside: a random uid per run, far from any real user's, not shared
+        assert all(u >= execution._UID_BASE for u in uids) and len(uids) == 3
+    else:                      # an unprivileged user's own uid, in a user namespace of its own
+        assert uids == {os.geteuid()}
+    r = execute_code("import posix; posix.setuid(0)")
+    assert r.status == "failed" and "PermissionError" in r.stderr_tail
+
+
 def test_parent_environment_is_not_readable():
     with open("/proc/self/environ", "rb") as f:     # what /proc/<pid>/environ shows of the parent (exec-time env)
         ours = [e for e in f.read().split(b"\0") if len(e) >= 8]

