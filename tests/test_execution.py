@@ -14,6 +14,7 @@ import socket
 import stat
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +108,17 @@ def test_files_outside_the_scratch_dir_cannot_change(victim):
         assert "Read-only file system" in r.stderr_tail or "Permission denied" in r.stderr_tail, r.stderr_tail
     assert os.listdir(d) == ["victim.txt"]
     assert open(path).read() == "keep me" and stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+def test_the_scratch_dir_is_the_only_writable_place():
+    # statvfs resolves each path to the mount that serves it: read-only everywhere but the scratch tmpfs, including
+    # the tmpfs that hide /run and the home directory and bwrap's own /dev (writable by an unprivileged caller)
+    paths = ["/", "/usr", "/var/tmp", "/dev", "/dev/shm", "/run", str(Path.home()), os.getcwd()]
+    r = execute_code(f"import os\nfor p in {paths!r} + ['/tmp']:\n"
+                     "    print(p, bool(os.statvfs(p).f_flag & os.ST_RDONLY))")
+    assert r.success, r.stderr_tail
+    assert dict(line.rsplit(" ", 1) for line in r.stdout_tail.splitlines()) == {**dict.fromkeys(paths, "True"),
+                                                                                  "/tmp": "False"}
 
 
 def test_scratch_dir_is_private_and_discarded():

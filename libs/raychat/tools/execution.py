@@ -4,8 +4,8 @@ Isolation (bubblewrap, `bwrap`, where the kernel lets it create namespaces):
 - its own PID namespace: the program sees only itself; when it ends, the kernel kills every process left in the
   namespace, `setsid`/double-fork included, and `/proc/<ppid>/environ` shows bwrap's empty environment;
 - its own network namespace, with nothing in it but its own loopback, and its own IPC and UTS namespaces;
-- the whole filesystem read-only, with a private size-capped tmpfs as cwd/HOME/TMPDIR (`/tmp`), and the user's home
-  directory, the host's /tmp and /run (sockets live there) replaced by empty tmpfs;
+- the whole filesystem read-only, with a private size-capped tmpfs as cwd/HOME/TMPDIR (`/tmp`) the only place it
+  can write, and the user's home directory, the host's /tmp and /run (sockets live there) replaced by empty tmpfs;
 - a clean environment, and as root outside it drops to a fresh, random uid that owns no file before any user code,
   so RLIMIT_NPROC applies (the kernel exempts uid 0, and counts per uid: a random one is not shared with other
   runs or services) and nothing owned by root is writable even where a mount is not read-only;
@@ -173,6 +173,10 @@ def _bwrap_argv(bwrap: str, env: dict) -> list[str]:
             if not rel.startswith(".."):
                 top = os.path.join(d, rel.split(os.sep)[0]) if rel != "." else d
                 argv += ["--ro-bind", top, top]
+    # bwrap's own /dev and the hiding tmpfs are writable by an unprivileged caller's uid and have no size limit:
+    # read-only, only the size-capped scratch dir takes writes (device nodes such as /dev/null still work)
+    for d in ["/dev", *(d for d in hidden if d != _SCRATCH)]:
+        argv += ["--remount-ro", d]
     argv += ["--chdir", _SCRATCH, "--clearenv"]
     for k, v in env.items():
         argv += ["--setenv", k, v]
