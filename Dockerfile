@@ -65,7 +65,7 @@ ENV PYTHONUNBUFFERED=1 \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3.11 python3.11-dev gcc libc6-dev curl ca-certificates rsync openssh-client procps \
+        python3.11 python3.11-dev gcc libc6-dev curl ca-certificates rsync openssh-client procps bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 # Non-root user. The directories that compose/Kubernetes mount volumes on exist here, owned by the user, so a

@@ -42,4 +42,12 @@ if [ "$extras" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
         echo "install.sh: chromium not found; install Debian's chromium package for the browser tests" >&2
     fi
 fi
+if [ "$extras" = "dev" ] && ! command -v bwrap >/dev/null 2>&1; then
+    # HumanEval's code sandbox (raychat.tools.execution) and its tests need bubblewrap.
+    if [ "$(id -u)" = "0" ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+    else
+        echo "install.sh: bwrap not found; install Debian's bubblewrap package for the code sandbox" >&2
+    fi
+fi
 echo "raychat installed into $venv ($("$py" -c 'import torch; print("torch", torch.__version__)'))"

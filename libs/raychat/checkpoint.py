@@ -1,6 +1,13 @@
 """Checkpoints: model weights (safetensors), optimizer state (one file per rank), config and metadata in a
 step-numbered directory, written atomically so that a crash mid-write never leaves a half checkpoint.
 
+Durability: every rank fsyncs its files, rank 0 fsyncs the temp dir before renaming it into place and the parent
+dir after, so once `save_checkpoint` returns the checkpoint survives a power cut (a rename alone may reach the disk
+before the data it points to). A failed save (a full disk, an I/O error) raises RaychatError on every rank, after
+the ranks agree on the outcome (one all-reduce per phase instead of a barrier, so no rank waits at a barrier the
+failed one never reaches); the partial `.tmp-step_*` dir is removed and older checkpoints are untouched. Callers
+prune old checkpoints only after `save_checkpoint` returned.
+
     <root>/step_000123/model.safetensors    fp32 master weights
                       /optim_rank0.pt ...   this rank's optimizer shard (MuonAdamW shards state by rank)
                       /meta.json            step, model_config, job config, loader state, code version, ...
@@ -28,52 +35,102 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _barrier() -> None:
+def _agree(ok: bool) -> bool:
+    """True on every rank iff `ok` is True on every rank (a barrier that also carries the outcome)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([int(ok)], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_checkpoint_files(out_dir: Path, step: int, model, optimizer=None, config: dict | None = None,
                            meta: dict | None = None, rank: int = 0) -> None:
-    """Write this rank's part of a checkpoint into an existing directory (no atomicity: save_checkpoint writes
-    into a temp dir and renames it)."""
+    """Write this rank's part of a checkpoint into an existing directory and fsync it (no atomicity:
+    save_checkpoint writes into a temp dir and renames it)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
+    written = []
     if rank == 0:
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(out_dir / "model.safetensors"))
         info = {"step": step, "model_config": model.config.to_dict(), "config": config or {},
                 "code": code_version(), **(meta or {})}
         (out_dir / "meta.json").write_text(json.dumps(info, indent=2, default=str))
+        written += [out_dir / "model.safetensors", out_dir / "meta.json"]
     if optimizer is not None:
         torch.save(optimizer.state_dict(), out_dir / f"optim_rank{rank}.pt")
+        written.append(out_dir / f"optim_rank{rank}.pt")
+    for path in written:
+        _fsync(path)
 
 
 def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer=None, config: dict | None = None,
                     meta: dict | None = None, rank: int = 0, world_size: int = 1) -> Path:
-    """Atomic save into <root>/step_NNNNNN: every rank writes into a shared temp dir, then rank 0 renames it."""
+    """Atomic, durable save into <root>/step_NNNNNN: every rank writes into a shared temp dir, then rank 0 renames
+    it. Raises RaychatError on every rank if any rank failed (nothing of the new step is left behind)."""
     root = Path(root)
     final = root / step_dir_name(step)
     tmp = root / f".tmp-{step_dir_name(step)}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier()
-    write_checkpoint_files(tmp, step, model, optimizer, config, meta, rank)
-    _barrier()
-    if rank == 0:
-        if final.exists():  # re-saving the same step: swap, never leave neither
+
+    def phase(what: str, work) -> None:
+        error = None
+        try:
+            work()
+        except Exception as e:  # noqa: BLE001 - any failure must reach the agreement, or the other ranks hang
+            error = e
+        if not _agree(error is None):
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            where = f"on rank {rank}: {error}" if error is not None else "on another rank"
+            raise RaychatError(f"saving checkpoint step {step} to {root} failed while {what} {where}; the partial "
+                               f"checkpoint was removed, earlier checkpoints are untouched") from error
+
+    def prepare():
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+    def publish():
+        if rank != 0:
+            return
+        _fsync(tmp)                       # the files' directory entries, before the rename makes them visible
+        if final.exists():                # re-saving the same step: swap, never leave neither
             old = root / f".old-{step_dir_name(step)}"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+                _fsync(root)
+            except OSError:
+                if final.exists():
+                    os.replace(final, tmp)
+                os.replace(old, final)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    _barrier()
+            try:
+                _fsync(root)              # the rename itself
+            except OSError:
+                os.replace(final, tmp)    # not known to be durable: not a checkpoint
+                raise
+
+    phase("creating its temp dir", prepare)
+    phase("writing files", lambda: write_checkpoint_files(tmp, step, model, optimizer, config, meta, rank))
+    phase("moving it into place", publish)
     return final
 
 

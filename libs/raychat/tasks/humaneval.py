@@ -1,9 +1,10 @@
 """HumanEval (openai/human-eval): 164 Python functions to complete, graded by running their unit tests.
 
 The user turn is the prompt (signature + docstring); the reference assistant turn is prompt + canonical body.
-Grading builds `imports of the prompt + the completion's code + the task's test + check(entry_point)` and runs it
-in the sandbox (`raychat.tools.execution`): exit 0 within the time limit = pass. The completion's code is the first
-```python fenced block if there is one, else the whole completion (chat models usually answer in a fence).
+Grading runs `imports of the prompt + the completion's code` in the sandbox (`raychat.tools.execution`) and the
+task's `check(candidate)` outside it, calling the solution through the sandbox; `check` returning within the time
+limit = pass. The completion's code is the first ```python fenced block if there is one, else the whole completion
+(chat models usually answer in a fence).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from raychat.common import RaychatError, require_shared_data
 from raychat.tasks.common import Task
-from raychat.tools.execution import execute_code
+from raychat.tools.execution import check_solution
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)\n```", re.DOTALL)
 
@@ -37,10 +38,9 @@ def extract_program(completion: str) -> str:
     return (m.group(1) if m else completion).strip("\n")
 
 
-def build_program(conversation: dict, completion: str) -> str:
-    prompt = conversation["messages"][0]["content"]
-    return (f"{extract_imports(prompt)}\n\n{extract_program(completion)}\n\n"
-            f"{conversation['test']}\ncheck({conversation['entry_point']})\n")
+def build_solution(conversation: dict, completion: str) -> str:
+    """The untrusted part: the prompt's imports and the completion's code."""
+    return f"{extract_imports(conversation['messages'][0]['content'])}\n\n{extract_program(completion)}\n"
 
 
 class HumanEval(Task):
@@ -66,4 +66,7 @@ class HumanEval(Task):
                 "task_id": r["task_id"], "entry_point": r["entry_point"], "test": r["test"]}
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
-        return execute_code(build_program(conversation, completion), timeout=self.timeout).success
+        # the prompt is trusted setup for the check (helpers such as encode_cyclic that the test calls)
+        return check_solution(build_solution(conversation, completion), conversation["test"],
+                              conversation["entry_point"], setup=conversation["messages"][0]["content"],
+                              timeout=self.timeout).success

@@ -11,9 +11,12 @@ Allowed:
   `'strawberry'.count('r')`, `.lower()`, `.upper()`, `.strip()`, `.find()`, `.startswith()`, `.endswith()`,
   `.replace()`.
 Everything else (names, attribute access outside those calls, imports, lambdas, comprehensions, subscripts,
-keyword arguments, ...) is rejected. Cost bounds: input length, nesting depth, node count, exponent size (checked
-*before* computing: `9**9**9` would otherwise allocate ~150 MB and take minutes), result size (integers in bits,
-strings in characters), finite floats only.
+keyword arguments, ...) is rejected. Cost bounds: input length, node count, nesting depth, and the size of every
+result estimated *before* computing it (integers in bits, strings in characters; finite floats only): `9**9**9`
+would otherwise allocate ~150 MB and take minutes, and `X.replace('', X)` on a 4,096-character X builds a string of
+16.8 M characters before any check after the fact could refuse it. Nesting depth counts real nesting (parentheses,
+function arguments, unary signs, right-associative `**`), not the length of a flat chain like `1+2+...+34`, which
+Python's parser builds as a left-leaning tree as deep as it is long.
 
 `calculate` never raises: it returns the result text or a short `Error: ...` string, because whatever it returns
 is shown to the model as tool output (a model can learn to recover from an error message, not from a crash).
@@ -28,7 +31,7 @@ import operator
 import re
 
 MAX_INPUT_CHARS = 512     # tool calls are short; also bounds parser work and literal sizes
-MAX_DEPTH = 32            # AST nesting (our walk is recursive)
+MAX_DEPTH = 32            # real nesting (our walk recurses once per level)
 MAX_NODES = 256
 MAX_INT_BITS = 1024       # ~308 decimal digits: far beyond anything a word problem needs
 MAX_STR_CHARS = 4096
@@ -80,6 +83,18 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _replace_len(s: str, old: str, new: str) -> int:
+    """len(s.replace(old, new)) without building it: each of the s.count(old) matches (len(s)+1 for old == '')
+    changes the length by len(new) - len(old)."""
+    return len(s) + s.count(old) * (len(new) - len(old))
+
+
+def _mul(a, b):
+    if isinstance(a, int) and isinstance(b, int) and a.bit_length() + b.bit_length() > MAX_INT_BITS + 1:
+        raise CalculatorError("result too large")   # |a*b| has at least bits(a)+bits(b)-1 bits
+    return a * b
+
+
 def _pow(base, exp):
     if isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1:
         # |base|**exp has about exp*log2|base| bits: refuse before computing it
@@ -96,10 +111,41 @@ def _pow(base, exp):
     return r
 
 
+def _binop(op: type, a, b):
+    if isinstance(a, str) and isinstance(b, str) and op is ast.Add:
+        if len(a) + len(b) > MAX_STR_CHARS:
+            raise CalculatorError("string too long")
+        return a + b
+    if not (_is_num(a) and _is_num(b)):
+        raise CalculatorError("arithmetic needs numbers")
+    if op is ast.Pow:
+        return _check_value(_pow(a, b))
+    try:
+        return _check_value(_mul(a, b) if op is ast.Mult else _NUM_OPS[op](a, b))
+    except ZeroDivisionError:
+        raise CalculatorError("division by zero") from None
+    except OverflowError:
+        raise CalculatorError("result too large") from None
+
+
 def _eval(node: ast.AST, depth: int):
     if depth > MAX_DEPTH:
         raise CalculatorError("expression too deeply nested")
     d = depth + 1
+    if isinstance(node, ast.BinOp):
+        # a chain `a - b + c * d - e` is a tree leaning left, ((a - b) + (c * d)) - e: walk its left spine in a loop
+        # at this depth, so only operands nested on the right (or in parentheses) go one level deeper
+        chain = []
+        while isinstance(node, ast.BinOp):
+            if type(node.op) not in _NUM_OPS:
+                raise CalculatorError(f"operator {_OP_SYMBOLS.get(type(node.op), type(node.op).__name__)} "
+                                      "is not allowed")
+            chain.append(node)
+            node = node.left
+        value = _eval(node, d)
+        for b in reversed(chain):
+            value = _binop(type(b.op), value, _eval(b.right, d))
+        return value
     if isinstance(node, ast.Constant):
         v = node.value
         if _is_num(v) or isinstance(v, str):
@@ -110,25 +156,6 @@ def _eval(node: ast.AST, depth: int):
         if not _is_num(v):
             raise CalculatorError("unary minus/plus needs a number")
         return _check_value(-v if isinstance(node.op, ast.USub) else +v)
-    if isinstance(node, ast.BinOp):
-        op = type(node.op)
-        if op not in _NUM_OPS:
-            raise CalculatorError(f"operator {_OP_SYMBOLS.get(op, op.__name__)} is not allowed")
-        a, b = _eval(node.left, d), _eval(node.right, d)
-        if isinstance(a, str) and isinstance(b, str) and op is ast.Add:
-            if len(a) + len(b) > MAX_STR_CHARS:
-                raise CalculatorError("string too long")
-            return a + b
-        if not (_is_num(a) and _is_num(b)):
-            raise CalculatorError("arithmetic needs numbers")
-        if op is ast.Pow:
-            return _check_value(_pow(a, b))
-        try:
-            return _check_value(_NUM_OPS[op](a, b))
-        except ZeroDivisionError:
-            raise CalculatorError("division by zero") from None
-        except OverflowError:
-            raise CalculatorError("result too large") from None
     if isinstance(node, ast.Call):
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise CalculatorError("keyword or star arguments are not allowed")
@@ -150,6 +177,9 @@ def _eval(node: ast.AST, depth: int):
             args = [_eval(a, d) for a in node.args]
             if not all(isinstance(a, str) for a in args):
                 raise CalculatorError(f".{f.attr}() needs string arguments")
+            if f.attr == "replace" and _replace_len(obj, *args) > MAX_STR_CHARS:
+                raise CalculatorError("string too long")
+            # the others return an int or a string at most 3x as long (upper() of 'ﬃ' is 'FFI'): cheap either way
             return _check_value(getattr(obj, f.attr)(*args))
         raise CalculatorError("function calls are not allowed (only len() and string methods)")
     if isinstance(node, ast.Name):

@@ -32,6 +32,9 @@ def add_arguments(p):
     p.add_argument("--data-dir", default=None, help="pretraining shards for bpb (default ../shared/data/pretrain)")
     p.add_argument("--max-tokens", type=int, default=256, help="generation budget per answer (chat, generative)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: auto)")
+    p.add_argument("--allow-unsandboxed-code", action="store_true",
+                   help="run HumanEval's model-written code even where the bubblewrap sandbox is unavailable (then "
+                   "only in-process guards apply: no filesystem, process or network isolation)")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -100,6 +103,12 @@ def run(args):
     args.stage = args.stage or ("base" if args.kind == "base" else "sft")
     if args.max_per_task == 0 or args.max_per_task < -1:
         raise RaychatError(f"--max-per-task must be positive or -1, got {args.max_per_task}")
+    if args.kind == "chat" and "HumanEval" in (args.tasks or DEFAULT_CHAT_TASKS).split(","):
+        from raychat.tools.execution import ALLOW_ENV, use_sandbox
+
+        if args.allow_unsandboxed_code:
+            os.environ[ALLOW_ENV] = "1"      # read where HumanEval grades the code
+        use_sandbox()                        # no sandbox and no opt-in: stop now, not after the other tasks
     run_dir = resolve_run_dir(args.run_dir)
     model, tokenizer, meta = load_model(run_dir, stage=args.stage, step=args.step, device=args.device)
     if tokenizer is None:
