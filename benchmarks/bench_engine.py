@@ -8,7 +8,7 @@ aggregate throughput of concurrent requests with continuous batching vs one requ
 
 Models are random-init GPTs from the depth dial (head_dim 64, vocab 8192, context 1024, window pattern SSSL),
 in fp32 on CPU (bf16 on a GPU if one is visible). Layout "decode" re-lays the long weights (lm_head, c_fc)
-column-major for GEMV (GPT.use_decode_layout); "train" keeps the training layout; "auto" (the default, what
+column-major for GEMV (runner.use_decode_layout); "train" keeps the training layout; "auto" (the default, what
 `raychat serve/chat/eval` use) re-lays those this CPU's GEMV runs faster that way (timed at start).
 Completions ignore stop tokens (the engine gets no tokenizer) so every request generates exactly its max_tokens.
 Each figure is the best of --repeats runs: on a shared box the best run is the one least disturbed by other
@@ -34,6 +34,7 @@ import time
 import torch
 
 from raychat.engine import Engine, SamplingParams
+from raychat.engine.runner import ColumnMajorPick, use_decode_layout
 from raychat.model import GPT, config_for_depth
 from raychat.model.attention import inference_attention
 
@@ -53,11 +54,9 @@ def build(depth: int, device: str, dtype: torch.dtype, layout: str = "decode") -
             if p.dim() == 2:
                 p.normal_(0, 0.02)
     if layout == "decode":
-        model.use_decode_layout()
+        use_decode_layout(model)
     elif layout == "auto":
-        from raychat.engine.runner import ColumnMajorPick
-
-        model.relaid = model.use_decode_layout(pick=ColumnMajorPick())
+        model.relaid = use_decode_layout(model, pick=ColumnMajorPick())
     return model.eval()
 
 

@@ -238,33 +238,15 @@ class GPT(nn.Module):
         self.cos.copy_(torch.cat([c, c], dim=-1))
         self.sin.copy_(torch.cat([s, -s], dim=-1))
 
-    @torch.no_grad()
-    def use_decode_layout(self, pick=None) -> int:
-        """Re-lay Linear weights for CPU decoding, in place; values, shapes and state_dict keys are unchanged.
-
-        A decode step multiplies one row vector by every weight (a GEMV), which streams the weight from memory;
-        on CPU it streams about twice as fast when the weight's longer dimension is contiguous (long rows suit
-        the prefetcher): the lm_head (vocab x width) and c_fc (4*width x width) are stored column-major
-        (strides (1, out)), the others stay as they are. `raychat bench engine` shows the effect. For inference:
-        a sharded optimizer's in-place gather needs row-major weights, so don't train a model after this (the
-        engine calls it only when asked to, `Engine(decode_layout=True|"auto")`). No-op on GPUs. `pick(weight)
-        -> bool`, when given, decides per weight (the engine's "auto" times both layouts: which one a CPU's GEMV
-        prefers differs between machines). Returns how many weights were re-laid."""
-        if self.get_device().type != "cpu":
-            return 0
-        n = 0
-        for mod in self.modules():
-            w = mod.weight if isinstance(mod, Linear) else None
-            if w is not None and w.size(0) > w.size(1) and w.is_contiguous() and (pick is None or pick(w)):
-                w.data = w.data.t().contiguous().t()
-                n += 1
-        return n
-
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
         self.compute_dtype = dtype
 
     def get_device(self) -> torch.device:
         return self.wte.weight.device
+
+    def token_embedding(self, idx: torch.Tensor) -> torch.Tensor:
+        """The normed token embedding the blocks start from (and the smear state a KV cache keeps per row)."""
+        return norm(self.wte(idx).to(self.compute_dtype))
 
     # ---- parameter accounting -------------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -336,7 +318,7 @@ class GPT(nn.Module):
             masks = {w: kvcache_mask(kv_cache.seqlens, T, L, w) for w in set(self.windows)}
             kv = (kv_cache, positions, masks, L)
 
-        x = norm(self.wte(idx).to(dt))
+        x = self.token_embedding(idx)
         if self.config.smear:
             if kv_cache is None:
                 prev = F.pad(x[:, :-1], (0, 0, 1, 0))
