@@ -106,7 +106,10 @@ class Engine:
         self.num_tool_calls = 0
 
     def _new_scheduler(self) -> None:
+        old = getattr(self, "slots", None)
         self.slots = SlotTable(self.max_batch_size, self.max_seq_len, prefix_caching=self.prefix_caching)
+        if old is not None:  # the prefix-cache counters are counters: they survive an abort_all
+            self.slots.hits, self.slots.queries = old.hits, old.queries
         self.scheduler = Scheduler(self.slots, on_release=self.runner.set_length, **self._sched_args)
 
     # ---- requests -----------------------------------------------------------------------------------------

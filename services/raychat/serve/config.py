@@ -19,6 +19,7 @@ from pathlib import Path
 from raychat.serve.protocol import Limits
 
 STAGES = ("base", "sft", "rl")
+DEFAULT_CPU_KV_CACHE_MEMORY = 2 * 2**30  # as vLLM's CPU backend, a fixed space (its default is 4 GiB)
 # Ray Serve AutoscalingConfig fields we pass through (others are rejected so a typo does not vanish)
 AUTOSCALING_KEYS = ("min_replicas", "initial_replicas", "max_replicas", "target_ongoing_requests",
                     "metrics_interval_s", "look_back_period_s", "upscale_delay_s", "downscale_delay_s",
@@ -38,7 +39,12 @@ class ServeConfig:
     autoscaling: dict | None = None      # Ray Serve autoscaling_config; None = fixed `replicas`
     api_key: str | None = None           # protects every route except /health (None = open)
     limits: Limits = field(default_factory=Limits)
-    max_batch_size: int = 8              # sequences decoded together per engine (continuous batching)
+    max_batch_size: int = 64             # sequences decoded together per engine at most (vLLM's max_num_seqs)
+    kv_cache_memory: int | None = None   # KV-cache bytes per engine (None: gpu_memory_utilization on a GPU,
+                                         # DEFAULT_CPU_KV_CACHE_MEMORY on CPU); slots = min(fit, max_batch_size)
+    gpu_memory_utilization: float = 0.9  # share of the GPU's memory an engine may use, weights included (vLLM's)
+    prefix_caching: bool = True          # a prompt starting with cached tokens prefills only the rest
+    prefill_chunk: int | None = 128      # prompt tokens prefilled per engine step beside decoding (None: whole)
     max_seq_len: int | None = None       # context per sequence (None = the model's sequence_len)
     max_ongoing_requests: int | None = None  # Serve's per-replica cap (None = 2 * max_batch_size)
     num_cpus: float = 1.0                # CPUs per engine replica (fractional is fine on CPU)
@@ -68,6 +74,12 @@ class ServeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.kv_cache_memory is not None and (isinstance(self.kv_cache_memory, bool) or self.kv_cache_memory < 1):
+            raise ValueError(f"kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1 (or None: no chunking), got {self.prefill_chunk}")
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
         if self.max_ongoing_requests is None:
@@ -102,6 +114,14 @@ class ServeConfig:
                                  f"({self.max_ongoing_requests}): replicas would never look busy enough to scale")
         if self.model_name is None:
             self.model_name = f"raychat-{self.stage}"
+
+    def engine_options(self, device_type: str) -> dict:
+        """The Engine's KV-cache keyword arguments on a device of this type."""
+        memory = {"kv_cache_memory": self.kv_cache_memory}
+        if self.kv_cache_memory is None:
+            memory = ({"gpu_memory_utilization": self.gpu_memory_utilization} if device_type == "cuda"
+                      else {"kv_cache_memory": DEFAULT_CPU_KV_CACHE_MEMORY})
+        return {**memory, "prefix_caching": self.prefix_caching, "prefill_chunk": self.prefill_chunk}
 
     @property
     def model_path(self) -> str:
