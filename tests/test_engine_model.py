@@ -378,14 +378,17 @@ def test_shared_prefix_copied_from_a_running_slot_lru_eviction_and_cancel():
     got = run_with_arrivals(eng, prompts, [params] * 3, gap=lambda i: 2)
     assert [got[i] for i in range(3)] == [c[0].tokens for c in ref]
     assert eng.stats()["prefix_cache_hits"] >= 2 * 21  # requests 2 and 3 reused bos + the system prompt
-    # cancellation mid-prefill (chunks of 5): the 10 tokens computed are reused by the same prompt afterwards
-    eng = Engine(model, SPECIALS, max_batch_size=1, prefill_chunk=5)
+    # cancellation mid-prefill (chunks of 5 beside a decoding request): the 10 tokens computed are reused by
+    # the same prompt afterwards
+    eng = Engine(model, SPECIALS, max_batch_size=2, prefill_chunk=5)
+    eng.add_request(torch.randint(2, 97, (6,), generator=g).tolist(), SamplingParams(temperature=0.0, max_tokens=90))
+    eng.step()
     long = [0] + system + system
     rid = eng.add_request(long, params)
     eng.step()
     eng.step()
     eng.cancel(rid)
-    assert [e.finish_reason for e in eng.step()] == ["cancelled"]
+    assert [e.finish_reason for e in eng.step() if e.request_id == rid] == ["cancelled"]
     assert eng.generate(long, params) == Engine(model, SPECIALS, prefix_caching=False).generate(long, params)
     assert eng.stats()["prefix_cache_hits"] == 10
 
@@ -410,3 +413,25 @@ def test_chunked_prefill_interleaves_with_decode_and_changes_no_token():
             got[e.request_id].append(e.token_id)
     assert per_step[:8] == [1] * 8  # 60 tokens = 8 chunks, each step with a decode of a beside it
     assert [got[a], got[b]] == alone
+
+
+def test_packed_step_with_the_prefilling_row_inside_the_decode_span():
+    """The chunk and the decode share one packed forward; when the prefilling row is a hole of the decode span
+    (a finished request's slot taken by a new one below a running one) it still gets exactly its own keys,
+    length and smear state: greedy tokens equal each request alone, and equal the unpacked engine's."""
+    model = make_model(seed=14, sequence_len=128)
+    g = torch.Generator().manual_seed(4)
+    a, b, d = (torch.randint(2, 97, (n,), generator=g).tolist() for n in (4, 6, 50))
+    pa, pb, pd = (SamplingParams(temperature=0.0, max_tokens=n) for n in (3, 40, 10))
+    alone = [Engine(model, NO_STOPS, prefix_caching=False).generate(p, sp)[0] for p, sp in ((a, pa), (b, pb), (d, pd))]
+
+    def run():
+        eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=8)
+        return run_with_arrivals(eng, [a, b, d], [pa, pb, pd], gap=lambda i: 5 if i == 1 else 0)
+
+    assert [run()[i] for i in range(3)] == alone
+    model.packs_kv = False  # the same steps as separate forwards
+    try:
+        assert [run()[i] for i in range(3)] == alone
+    finally:
+        del model.packs_kv

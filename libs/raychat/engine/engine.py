@@ -186,19 +186,23 @@ class Engine:
             for b in allocs[1:]:  # num_samples > 1: filled by a row copy once the prompt is in
                 self.runner.set_length(b.row, 0)
         decoding = sched.decoding()  # before this step's prefills: a sequence emits its first token, then waits
-        plan = sched.prefill_plan()
-        for req, start, end in plan:
-            self._prefill(req, start, end, events)
-        if decoding and (not plan or sched.prefill_chunk is not None):
-            self._decode(decoding, events)
+        plan = sched.prefill_plan(decoding=bool(decoding))
+        decode = self._decode_inputs(decoding) if decoding and (not plan or sched.prefill_chunk is not None) \
+            else None
+        prefills = [(req.sequences[0].row, req.prompt[a:b], a, req.prompt[a - 1] if a else None)
+                    for req, a, b in plan]
+        prefill_logits, decode_logits = self.runner.step(prefills, decode)
+        for (req, _, end), logits in zip(plan, prefill_logits):
+            self._prefilled(req, end, logits, events)
+        if decode is not None:
+            self._decoded(decoding, decode_logits, events)
         return events
 
-    def _prefill(self, req: Request, start: int, end: int, events: list[TokenEvent]) -> None:
+    def _prefilled(self, req: Request, end: int, logits, events: list[TokenEvent]) -> None:
+        """A prompt slice ..end is in the cache; at the prompt's end emit the first tokens."""
         seqs = req.sequences
         first = seqs[0]
-        chunk = req.prompt[start:end]
-        logits = self.runner.prefill(first.row, chunk, start, req.prompt[start - 1] if start else None)  # (1, V)
-        self.slots.extend(first.row, chunk)
+        self.slots.extend(first.row, req.prompt[first.num_cached:end])
         first.num_cached = end
         if end < len(req.prompt):
             return
@@ -213,8 +217,10 @@ class Engine:
         for s, tok in zip(seqs, tokens):
             self._emit(s, tok, False, events)
 
-    def _decode(self, decoding: dict, events: list[TokenEvent]) -> None:
-        n = max(decoding) + 1  # rows 0..n-1 cover every decoding sequence; the others in that span are holes
+    @staticmethod
+    def _decode_inputs(decoding: dict) -> tuple[list[int], list[int]]:
+        """Rows 0..n-1 cover every decoding sequence; the others in that span are holes (fed a dummy)."""
+        n = max(decoding) + 1
         tokens, holes = [0] * n, []
         for r in range(n):
             s = decoding.get(r)
@@ -222,7 +228,9 @@ class Engine:
                 holes.append(r)
             else:
                 tokens[r] = s.last_token
-        logits = self.runner.decode(tokens, holes)  # (n, V)
+        return tokens, holes
+
+    def _decoded(self, decoding: dict, logits, events: list[TokenEvent]) -> None:
         rows, params, uniforms, seqs, forced = [], [], [], [], []
         for r, s in decoding.items():
             s.num_cached += 1

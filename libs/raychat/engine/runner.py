@@ -32,6 +32,7 @@ from raychat.engine.kv_slots import kv_bytes_per_slot, slots_for_budget
 from raychat.engine.sampling import SamplingParams, sample_rows
 from raychat.model.attention import inference_attention
 from raychat.model.gpt import Linear
+from raychat.model.kv_cache import PackedKV
 
 
 def kv_capacity(model, max_seq_len: int, max_num_seqs: int, kv_cache_memory: int | None = None,
@@ -266,6 +267,48 @@ class ModelRunner:
         already hold the prompt's beginning: a reused prefix, or earlier chunks). prev_token: the token at
         start - 1, whose embedding the smear feature mixes into the first new one. Returns the last position's
         logits (1, V)."""
+        self._start_row(row, start, prev_token)
+        v = self.view(row, row + 1)
+        idx = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        with inference_attention(self.device):
+            logits = self.model(idx, kv_cache=v, last_only=True)  # (1, 1, V)
+        return logits[:, -1]
+
+    @torch.inference_mode()
+    def step(self, prefills: list[tuple[int, list[int], int, int | None]], decode: tuple[list[int], list[int]] | None
+             ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """One engine step's device work: prefills [(row, tokens, start, prev_token)] (see prefill) and a decode
+        (tokens, holes) (see decode). Returns each prefill's last logits (1, V) and the decode's (n, V).
+
+        With both kinds of work and an eager decode, everything runs as one packed forward (kv_cache.PackedKV):
+        the decode rows and the prompt chunks share one pass over the weights, which on a CPU costs little more
+        than the decode alone for a chunk of a few dozen tokens (a decode step streams every weight for a
+        handful of rows) — chunked prefill then barely slows the running streams. With CUDA graphs the decode
+        replays its graph and the chunks run beside it."""
+        if decode is None or not prefills or self.graphed is not None or not getattr(self.model, "packs_kv", False):
+            logits = [self.prefill(*p) for p in prefills]
+            return logits, (self.decode(*decode) if decode is not None else None)
+        tokens, holes = decode
+        n = self.max_batch_size if self.decode_rows == "full" else len(tokens)
+        if n > len(tokens):
+            holes = holes + list(range(len(tokens), n))
+            tokens = tokens + [0] * (n - len(tokens))
+        for row, _, start, prev_token in prefills:
+            self._start_row(row, start, prev_token)
+        mine = {row for row, *_ in prefills}  # a prefilling row in the decode span: its chunk is written after
+        saved = self.park([h for h in holes if h not in mine])
+        parts = [(self.view(0, n), 1)] + [(self.view(row, row + 1), len(toks)) for row, toks, *_ in prefills]
+        flat = tokens + [t for _, toks, *_ in prefills for t in toks]
+        idx = torch.tensor([flat], dtype=torch.long, device=self.device)
+        with inference_attention(self.device):
+            logits = self.model(idx, kv_cache=PackedKV(parts))[:, -1]  # (n + len(prefills), V)
+        self.unpark([h for h in holes if h not in mine], saved)
+        for row, toks, start, _ in prefills:  # the decode part also advanced it by its dummy token
+            self.cache.seqlens[row] = start + len(toks)
+        return [logits[n + j: n + j + 1] for j in range(len(prefills))], logits[:n]
+
+    def _start_row(self, row: int, start: int, prev_token: int | None) -> None:
+        """Set a row up to extend from position `start`: its length, and the smear state of prev_token."""
         v = self.view(row, row + 1)
         v.seqlens.fill_(start)
         if getattr(v, "prev_emb", None) is not None:
@@ -274,10 +317,6 @@ class ModelRunner:
                 v.prev_emb.zero_()
             else:  # the smear state is a function of the previous token alone: recompute it, never trust the row
                 v.prev_emb.copy_(embed(torch.tensor([[prev_token]], device=self.device))[:, 0])
-        idx = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        with inference_attention(self.device):
-            logits = self.model(idx, kv_cache=v, last_only=True)  # (1, 1, V)
-        return logits[:, -1]
 
     @torch.inference_mode()
     def copy_row(self, src: int, dst: int, n: int) -> None:
