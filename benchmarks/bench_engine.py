@@ -192,7 +192,7 @@ def bench_turns(model, turns=4, user=60, reply=150, prefix_caching=True):
     replies, as a chat client does. One engine for the whole conversation (what a serving replica sees)."""
     eng = Engine(model, None, max_batch_size=8, max_seq_len=1024, prefix_caching=prefix_caching)
     users = prompts(turns, user, seed=5)
-    history, ttft = [], []
+    history, ttft, replies = [], [], []
     for u in users:
         history = history + u
         rid = eng.add_request(history, SamplingParams(max_tokens=reply, **GREEDY))
@@ -205,7 +205,8 @@ def bench_turns(model, turns=4, user=60, reply=150, prefix_caching=True):
         while eng.has_work():
             out += [e.token_id for e in eng.step() if e.request_id == rid and e.token_id >= 0]
         history = history + out
-    return ttft, len(history), eng.stats()["prefix_cache_hits"]
+        replies.append(out)
+    return ttft, len(history), eng.stats()["prefix_cache_hits"], replies
 
 
 def bench_itl_long_prompt(model, chunk, streams=7, long_len=1000, after=200):
@@ -327,10 +328,13 @@ def main():
             bench_turns(model)  # warm-up: first-call costs (allocator, kernels) would land on turn 1 of "off"
             for on in (False, True):
                 runs = [bench_turns(model, prefix_caching=on) for _ in range(args.repeats)]
-                res[on] = ([min(r[0][t] for r in runs) for t in range(4)], runs[0][1], runs[0][2])  # best of
-                ttft, n, hits = res[on]
+                res[on] = ([min(r[0][t] for r in runs) for t in range(4)], *runs[0][1:])  # best of
+                ttft, n, hits, _ = res[on]
                 print(f"| {'on' if on else 'off'} | " + " | ".join(f"{x:.1f}" for x in ttft) + f" | {n} | {hits} |")
             print("| speedup | " + " | ".join(f"{a / b:.1f}×" for a, b in zip(res[False][0], res[True][0])) + " | | |")
+            same = [sum(x == y for x, y in zip(a, b)) for a, b in zip(res[False][3], res[True][3])]
+            print(f"\ngreedy replies with reuse equal to without: {res[False][3] == res[True][3]} "
+                  f"(tokens matching per turn: {same} of {len(res[True][3][0])})")
         if "itl" in scenarios:
             print(f"\n{label}: 7 streams decoding, a 1,000-token prompt arrives; the streams' next 200 gaps each\n")
             print("| prefill chunk | ITL p50 ms | ITL p99 ms | p99 / p50 | max gap ms | long prompt TTFT ms |")
