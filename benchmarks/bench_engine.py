@@ -25,7 +25,7 @@ Figures (per model):
 Scenarios beyond those tables (--scenarios):
 - turns: one conversation of 4 turns (60 user + 150 reply tokens each, ~840 tokens at the end), each turn
   resending the history; TTFT per turn with prefix caching off and on (on: turns 2-4 prefill only what is new);
-- itl: 7 streams decode, a 1,000-token prompt arrives; the streams' next 200 inter-token gaps each, p50/p99,
+- itl: 7 streams decode, a 1,000-token prompt arrives; the streams' next 100 inter-token gaps each, p50/p99,
   with the prompt prefilled whole and in chunks (--chunks);
 - capacity: an engine sized from --kv-cache-memory GiB or (CUDA) --gpu-memory-utilization; prints the start-up
   line (budget -> slots) and runs as many requests as it has slots, sharing a 200-token prefix.
@@ -209,7 +209,7 @@ def bench_turns(model, turns=4, user=60, reply=150, prefix_caching=True):
     return ttft, len(history), eng.stats()["prefix_cache_hits"], replies
 
 
-def bench_itl_long_prompt(model, chunk, streams=7, long_len=1000, after=200):
+def bench_itl_long_prompt(model, chunk, streams=7, long_len=1000, after=100):
     """7 streams decode; a long prompt arrives; the streams' inter-token gaps (ms) from that moment until each
     has emitted `after` more tokens -> (p50, p99, max, long prompt's TTFT ms)."""
     eng = Engine(model, None, max_batch_size=streams + 1, max_seq_len=1024, prefill_chunk=chunk,
@@ -336,12 +336,13 @@ def main():
             print(f"\ngreedy replies with reuse equal to without: {res[False][3] == res[True][3]} "
                   f"(tokens matching per turn: {same} of {len(res[True][3][0])})")
         if "itl" in scenarios:
-            print(f"\n{label}: 7 streams decoding, a 1,000-token prompt arrives; the streams' next 200 gaps each\n")
+            print(f"\n{label}: 7 streams decoding, a 1,000-token prompt arrives; the streams' next 100 gaps each\n")
             print("| prefill chunk | ITL p50 ms | ITL p99 ms | p99 / p50 | max gap ms | long prompt TTFT ms |")
             print("|---|---|---|---|---|---|")
             bench_itl_long_prompt(model, 128)  # warm-up
-            for chunk in [int(x) for x in args.chunks.split(",")]:
-                p50, p99, mx, ttft = bench_itl_long_prompt(model, chunk or None)
+            for chunk in [int(x) for x in args.chunks.split(",")]:  # best of --repeats, figure by figure
+                runs = [bench_itl_long_prompt(model, chunk or None) for _ in range(args.repeats)]
+                p50, p99, mx, ttft = (min(r[i] for r in runs) for i in range(4))
                 print(f"| {chunk or 'none (whole prompt)'} | {p50:.2f} | {p99:.2f} | {p99 / p50:.2f} | {mx:.1f} | "
                       f"{ttft:.1f} |")
         if "capacity" in scenarios:

@@ -48,9 +48,9 @@ def add_arguments(p):
                         "--gpu-memory-utilization on a GPU, 2GiB on CPU); slots = what fits, <= --max-batch-size")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="share of the GPU's memory a replica may use, weights included, as vLLM's flag")
-    p.add_argument("--prefill-chunk", type=int, default=128,
-                   help="prompt tokens prefilled per engine step beside decoding (chunked prefill); 0 = whole "
-                        "prompts, a step prefills or decodes")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="prompt tokens prefilled per engine step beside decoding (chunked prefill; default 32 on "
+                        "CPU, 512 on a GPU); 0 = whole prompts, a step prefills or decodes")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="prefill every prompt in full (default: reuse the KV cache of a matching prefix)")
     p.add_argument("--max-seq-len", type=int, default=None, help="context per sequence (default: the model's)")
@@ -99,7 +99,7 @@ def config_from_args(args):
                            num_cpus=args.replica_cpus, num_gpus=args.num_gpus, device=args.device,
                            enforce_eager=args.enforce_eager, kv_cache_memory=args.kv_cache_memory,
                            gpu_memory_utilization=args.gpu_memory_utilization,
-                           prefill_chunk=args.prefill_chunk or None, prefix_caching=not args.no_prefix_caching)
+                           prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching)
     except (ValueError, TypeError) as e:
         raise RaychatError(str(e)) from None
 

@@ -36,10 +36,10 @@ PROMPTS = ("Tell me a short story about a robot who learns to paint.",
            "What is 12 * 7? Explain the steps.",
            "Write three sentences about the ocean.",
            "Why is the sky blue?")
-SETTINGS = {"baseline": {"max_batch_size": 8, "prefix_caching": False, "prefill_chunk": None},
+SETTINGS = {"baseline": {"max_batch_size": 8, "prefix_caching": False, "prefill_chunk": 0},
             "default": {},
             "no-reuse": {"prefix_caching": False},
-            "no-chunking": {"prefill_chunk": None}}
+            "no-chunking": {"prefill_chunk": 0}}
 
 
 def _pct(xs: list[float], q: float) -> float:
