@@ -27,6 +27,8 @@ Scenarios beyond those tables (--scenarios):
   resending the history; TTFT per turn with prefix caching off and on (on: turns 2-4 prefill only what is new);
 - itl: 7 streams decode, a 1,000-token prompt arrives; the streams' next 100 inter-token gaps each, p50/p99,
   with the prompt prefilled whole and in chunks (--chunks);
+- clients: `raychat bench serve`'s load (32 closed-loop clients, 128 requests) on the bare engine, the
+  baseline settings (8 slots, no reuse, whole prompts) against the serve defaults: what the engine alone gains;
 - capacity: an engine sized from --kv-cache-memory GiB or (CUDA) --gpu-memory-utilization; prints the start-up
   line (budget -> slots) and runs as many requests as it has slots, sharing a 200-token prefix.
 
@@ -237,6 +239,32 @@ def bench_itl_long_prompt(model, chunk, streams=7, long_len=1000, after=100):
     return gaps[len(gaps) // 2], gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))], gaps[-1], ttft
 
 
+def bench_clients(model, baseline: bool, clients=32, chats=128, max_tokens=64):
+    """`raychat bench serve`'s load without the serving stack: `clients` closed-loop clients, `chats` requests
+    over the same 4 prompts (bos + 40 tokens), temperature 1 -> (requests/s, median TTFT ms). baseline: the
+    engine before memory-sized slots (8 slots, no prefix reuse, whole-prompt prefill); else the serve defaults
+    on CPU (64 slots, prefix reuse, chunks of 32)."""
+    kw = dict(max_batch_size=8, prefix_caching=False) if baseline else dict(max_batch_size=64, prefill_chunk=32)
+    eng = Engine(model, None, max_seq_len=1024, **kw)
+    ps = [[0] + p for p in prompts(4, 40, seed=1)]
+    sent, added, ttft = 0, {}, []
+    t0 = now()
+    while sent < chats or eng.has_work():
+        while len(added) < clients and sent < chats:
+            rid = eng.add_request(ps[sent % 4], SamplingParams(temperature=1.0, seed=sent, max_tokens=max_tokens))
+            added[rid] = now()
+            sent += 1
+        for e in eng.step():
+            t = added.get(e.request_id)
+            if t is not None and t > 0:
+                ttft.append((now() - t) * 1e3)
+                added[e.request_id] = -1.0
+            if e.finish_reason is not None:
+                added.pop(e.request_id, None)
+    ttft.sort()
+    return chats / (now() - t0), ttft[len(ttft) // 2]
+
+
 def capacity_demo(model, kv_cache_memory, gpu_memory_utilization, max_num_seqs=256):
     """Size an engine from a budget (printing the start-up line), then run as many requests as it has slots
     with a shared 200-token prefix: -> (kv_info, tokens/s, prefix-cache hits, queries)."""
@@ -266,7 +294,8 @@ def main():
     ap.add_argument("--batches", default="1,8,32", help="decode batch sizes")
     ap.add_argument("--scenarios", default="core,turns,itl",
                     help="comma-separated: core (the tables above), turns (multi-turn TTFT with/without prefix "
-                         "reuse), itl (7 streams' ITL under a 1,000-token prompt, chunked or not), capacity")
+                         "reuse), itl (7 streams' ITL under a 1,000-token prompt, chunked or not), clients "
+                         "(bench serve's load on the bare engine, baseline vs default), capacity")
     ap.add_argument("--chunks", default="0,16,32,64,128", help="prefill chunks for the itl scenario (0 = none)")
     ap.add_argument("--kv-cache-memory", type=float, default=None,
                     help="capacity scenario: KV-cache budget in GiB (default on CUDA: --gpu-memory-utilization)")
@@ -287,8 +316,9 @@ def main():
     print(f"# bench_engine: device={dev} dtype={str(dtype)[6:]} threads={torch.get_num_threads()} "
           f"torch={torch.__version__} clock={args.clock} repeats={args.repeats} (best of) load-avg-1min={load:.1f}\n")
     scenarios = set(args.scenarios.split(","))
-    if scenarios - {"core", "turns", "itl", "capacity"}:
-        raise SystemExit(f"--scenarios: unknown {sorted(scenarios - {'core', 'turns', 'itl', 'capacity'})}")
+    known = {"core", "turns", "itl", "clients", "capacity"}
+    if scenarios - known:
+        raise SystemExit(f"--scenarios: unknown {sorted(scenarios - known)} (known: {', '.join(sorted(known))})")
     rows = []
     models = {}
     for name, layout in [(n, lay) for n in args.models.split(",") for lay in args.layouts.split(",")]:
@@ -345,6 +375,16 @@ def main():
                 p50, p99, mx, ttft = (min(r[i] for r in runs) for i in range(4))
                 print(f"| {chunk or 'none (whole prompt)'} | {p50:.2f} | {p99:.2f} | {p99 / p50:.2f} | {mx:.1f} | "
                       f"{ttft:.1f} |")
+        if "clients" in scenarios:
+            print(f"\n{label}: 32 closed-loop clients, 128 requests of 64 tokens over 4 prompts (no serving stack)\n")
+            print("| engine | requests/s | median TTFT ms |\n|---|---|---|")
+            res = {}
+            for base in (True, False):
+                runs = [bench_clients(model, base) for _ in range(args.repeats)]
+                res[base] = (max(r[0] for r in runs), min(r[1] for r in runs))
+                print(f"| {'baseline (8 slots)' if base else 'default (64 slots, reuse, chunks 32)'} | "
+                      f"{res[base][0]:.1f} | {res[base][1]:.1f} |")
+            print(f"| ratio | {res[False][0] / res[True][0]:.2f}× | {res[True][1] / res[False][1]:.1f}× lower |")
         if "capacity" in scenarios:
             mem = int(args.kv_cache_memory * 2**30) if args.kv_cache_memory else None
             util = args.gpu_memory_utilization if args.gpu_memory_utilization or mem else None

@@ -153,7 +153,8 @@ def test_chunked_prefill_splits_long_prompts_in_admission_order():
     assert plans == [[("long", 0, 4)], [("long", 4, 8)], [("long", 8, 10), ("short", 0, 2)]]
     s.add(_req("alone", plen=10))
     s.admit()
-    assert [(r.request_id, a, b) for r, a, b in s.prefill_plan(decoding=False)] == [("alone", 0, 10)]
+    assert [(r.request_id, a, b) for r, a, b in s.prefill_plan(decoding=0)] == [("alone", 0, 10)]
+    assert [(r.request_id, a, b) for r, a, b in s.prefill_plan(decoding=16)] == [("alone", 0, 8)]  # 4 x 16/8
     with pytest.raises(ValueError, match="prefill_chunk"):
         _sched(2, prefill_chunk=0)
 

@@ -186,7 +186,7 @@ class Engine:
             for b in allocs[1:]:  # num_samples > 1: filled by a row copy once the prompt is in
                 self.runner.set_length(b.row, 0)
         decoding = sched.decoding()  # before this step's prefills: a sequence emits its first token, then waits
-        plan = sched.prefill_plan(decoding=bool(decoding))
+        plan = sched.prefill_plan(decoding=len(decoding))
         decode = self._decode_inputs(decoding) if decoding and (not plan or sched.prefill_chunk is not None) \
             else None
         prefills = [(req.sequences[0].row, req.prompt[a:b], a, req.prompt[a - 1] if a else None)

@@ -6,10 +6,12 @@ Policy (first come, first served):
   is admitted when they are free, and nothing behind it jumps the queue (no starvation of big requests).
   Admission only assigns slots (with the prefix match); the prompt is prefilled by the steps that follow;
 - prefill work per step is capped by a token budget, handed out in admission order:
-  - `prefill_chunk=N` (chunked prefill): while sequences decode, at most N prompt tokens per step, a long
-    prompt split over several steps, and every step also decodes the running sequences, so they keep their
-    pace while a long prompt comes in (vLLM's chunked prefill; the runner packs chunk and decode into one
-    forward where it can). With nothing decoding, prompts go whole (no one waits on them);
+  - `prefill_chunk=N` (chunked prefill): while sequences decode, at most N prompt tokens per step (N x D/8
+    with D > 8 decoding sequences: a decode step of many rows takes longer, so a chunk in proportion keeps
+    its share of the step, and prefill does not starve under load), a long prompt split over several steps,
+    and every step also decodes the running sequences, so they keep their pace while a long prompt comes in
+    (vLLM's chunked prefill; the runner packs chunk and decode into one forward where it can). With nothing
+    decoding, prompts go whole (no one waits on them);
   - `prefill_chunk=None`: whole prompts, up to `max_prefill_tokens` per step (the first one regardless, so
     progress is certain), and a step either prefills or decodes (prefill first, so a new request's first token
     is not held back by a decode step of the whole batch);
@@ -111,12 +113,12 @@ class Scheduler:
             admitted.append((req, allocs))
         return admitted
 
-    def prefill_plan(self, decoding: bool = True) -> list[tuple[Request, int, int]]:
+    def prefill_plan(self, decoding: int = 1) -> list[tuple[Request, int, int]]:
         """This step's prefill work: (request, start, end) prompt slices, in admission order, within the budget.
-        decoding: whether sequences decode in this step; if none does, nothing is held up and prompts go whole."""
+        decoding: how many sequences decode in this step; with none, nothing is held up and prompts go whole."""
         plan: list[tuple[Request, int, int]] = []
-        chunked = self.prefill_chunk is not None and decoding
-        budget = self.prefill_chunk if chunked else self.max_prefill_tokens
+        chunked = self.prefill_chunk is not None and decoding > 0
+        budget = max(self.prefill_chunk, self.prefill_chunk * decoding // 8) if chunked else self.max_prefill_tokens
         for req in self.prefilling:
             start = req.sequences[0].num_cached
             left = len(req.prompt) - start
