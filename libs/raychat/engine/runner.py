@@ -73,7 +73,7 @@ def kv_capacity(model, max_seq_len: int, max_num_seqs: int, kv_cache_memory: int
     return {"num_slots": n, "slot_bytes": slot, "budget_bytes": budget, "source": source}
 
 
-def describe_capacity(info: dict, max_seq_len: int | None = None) -> str:
+def describe_capacity(info: dict) -> str:
     """The start-up line: budget -> slots (what limited them)."""
     mib = 2**20
     return (f"raychat engine: KV-cache budget {info['budget_bytes'] / mib:,.1f} MiB ({info['source']}) -> "
