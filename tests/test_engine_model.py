@@ -435,3 +435,24 @@ def test_packed_step_with_the_prefilling_row_inside_the_decode_span():
         assert [run()[i] for i in range(3)] == alone
     finally:
         del model.packs_kv
+
+
+def test_capacity_from_a_memory_budget_and_clear_errors(capsys):
+    """kv_cache_memory sizes the cache (slot bytes counted by hand: K and V per layer and position, plus the smear
+    row), capped by max_batch_size, announced at start and reported in stats; bad budgets are refused by name."""
+    from raychat.common import RaychatError
+
+    model = make_model(sequence_len=64)  # 4 layers, 4 KV heads of 16, fp32
+    slot = 2 * 4 * 64 * 4 * 16 * 4 + 64 * 4
+    eng = Engine(model, SPECIALS, max_batch_size=16, kv_cache_memory=5 * slot + 100)
+    assert eng.max_batch_size == 5 and eng.runner.cache.k[0].shape[0] == 5
+    assert "KV-cache budget" in capsys.readouterr().err
+    st = eng.stats()
+    got = (st["kv_cache_slots"], st["kv_cache_capacity_tokens"], st["kv_cache_budget_bytes"])
+    assert got == (5, 320, 5 * slot + 100)
+    assert Engine(model, SPECIALS, max_batch_size=3, kv_cache_memory=100 * slot).max_batch_size == 3
+    for kw, needle in [({"kv_cache_memory": slot - 1}, "holds no sequence"), ({"kv_cache_memory": 0}, "> 0 bytes"),
+                       ({"gpu_memory_utilization": 0.5}, "needs the model on a CUDA device"),
+                       ({"kv_cache_memory": slot, "gpu_memory_utilization": 0.5}, "not both")]:
+        with pytest.raises(RaychatError, match=needle):
+            Engine(model, SPECIALS, **kw)

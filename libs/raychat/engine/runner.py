@@ -10,7 +10,7 @@ writes the cache through `cache.k[i]`, `cache.v[i]`, `cache.seqlens`, `cache.pre
 in place, so a *view* of rows lo..hi-1 (a shallow copy of the cache object whose tensors are slices of the
 big ones) is itself a valid cache. That gives us, without copying any K/V:
 - prefill straight into a slot: a forward of the prompt (1, T) on the one-row view of that slot;
-- decode on the prefix rows[0:hi] that holds every running sequence (the scheduler hands out low slots first),
+- decode on the prefix rows[0:hi] that holds every decoding sequence (never-used slots go out lowest first),
   instead of the full preallocated batch. Rows inside the prefix that are not decoding ("holes": free slots
   holding a cached prefix, sequences still prefilling) are fed a dummy token written just past their length,
   where it overwrites nothing they hold, and their length and smear state are put back afterwards; cheaper
