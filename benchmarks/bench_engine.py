@@ -94,7 +94,7 @@ def run_to_end(eng: Engine) -> int:
 
 
 def bench_prefill(model, repeats, length=256):
-    eng = Engine(model, None, max_batch_size=1, max_seq_len=1024, prefix_caching=False)  # every repeat computes
+    eng = Engine(model, None, max_batch_size=1, max_seq_len=1024)
     p = prompts(1, length)[0]
 
     def once():
@@ -244,7 +244,7 @@ def bench_clients(model, baseline: bool, clients=32, chats=128, max_tokens=64):
     over the same 4 prompts (bos + 40 tokens), temperature 1 -> (requests/s, median TTFT ms). baseline: the
     engine before memory-sized slots (8 slots, no prefix reuse, whole-prompt prefill); else the serve defaults
     on CPU (64 slots, prefix reuse, chunks of 32)."""
-    kw = dict(max_batch_size=8, prefix_caching=False) if baseline else dict(max_batch_size=64, prefill_chunk=32)
+    kw = dict(max_batch_size=8) if baseline else dict(max_batch_size=64, prefill_chunk=32, prefix_caching=True)
     eng = Engine(model, None, max_seq_len=1024, **kw)
     ps = [[0] + p for p in prompts(4, 40, seed=1)]
     sent, added, ttft = 0, {}, []
@@ -269,7 +269,7 @@ def capacity_demo(model, kv_cache_memory, gpu_memory_utilization, max_num_seqs=2
     """Size an engine from a budget (printing the start-up line), then run as many requests as it has slots
     with a shared 200-token prefix: -> (kv_info, tokens/s, prefix-cache hits, queries)."""
     eng = Engine(model, None, max_batch_size=max_num_seqs, max_seq_len=1024, kv_cache_memory=kv_cache_memory,
-                 gpu_memory_utilization=gpu_memory_utilization, prefill_chunk=512)
+                 gpu_memory_utilization=gpu_memory_utilization, prefill_chunk=512, prefix_caching=True)
     shared = prompts(1, 200, seed=9)[0]
     tails = prompts(eng.max_batch_size, 16, seed=10)
     eng.add_request(shared + tails[0], SamplingParams(max_tokens=32, **GREEDY))

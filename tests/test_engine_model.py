@@ -354,7 +354,8 @@ def test_multi_turn_prefix_reuse_gives_the_same_greedy_tokens(mode):
     model = make_model(seed=11, sequence_len=128, window_pattern="SSL", short_window_frac=0.1)
     users = _conversation(torch.Generator().manual_seed(1))
     ref = _turns(Engine(model, NO_STOPS, max_batch_size=2, prefix_caching=False), users)
-    eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=4 if mode == "chunked" else None)
+    eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=4 if mode == "chunked" else None,
+                 prefix_caching=True)
     if mode == "graphed":
         emulate_cuda_graphs(eng)
     assert _turns(eng, users) == ref
@@ -374,13 +375,13 @@ def test_shared_prefix_copied_from_a_running_slot_lru_eviction_and_cancel():
     prompts = [[0] + system + torch.randint(2, 97, (4,), generator=g).tolist() for _ in range(3)]
     params = SamplingParams(temperature=0.0, max_tokens=8)
     ref = Engine(model, SPECIALS, max_batch_size=2, prefix_caching=False).generate_many(prompts, params)
-    eng = Engine(model, SPECIALS, max_batch_size=2)
+    eng = Engine(model, SPECIALS, max_batch_size=2, prefix_caching=True)
     got = run_with_arrivals(eng, prompts, [params] * 3, gap=lambda i: 2)
     assert [got[i] for i in range(3)] == [c[0].tokens for c in ref]
     assert eng.stats()["prefix_cache_hits"] >= 2 * 21  # requests 2 and 3 reused bos + the system prompt
     # cancellation mid-prefill (chunks of 5 beside a decoding request): the 10 tokens computed are reused by
     # the same prompt afterwards
-    eng = Engine(model, SPECIALS, max_batch_size=2, prefill_chunk=5)
+    eng = Engine(model, SPECIALS, max_batch_size=2, prefill_chunk=5, prefix_caching=True)
     eng.add_request(torch.randint(2, 97, (6,), generator=g).tolist(), SamplingParams(temperature=0.0, max_tokens=90))
     eng.step()
     long = [0] + system + system
@@ -390,6 +391,10 @@ def test_shared_prefix_copied_from_a_running_slot_lru_eviction_and_cancel():
     eng.cancel(rid)
     assert [e.finish_reason for e in eng.step() if e.request_id == rid] == ["cancelled"]
     assert eng.generate(long, params) == Engine(model, SPECIALS, prefix_caching=False).generate(long, params)
+    assert eng.stats()["prefix_cache_hits"] == 10
+    # after a weight update the cached prefixes are stale: reset_prefix_cache forgets them
+    eng.reset_prefix_cache()
+    eng.generate(long, params)
     assert eng.stats()["prefix_cache_hits"] == 10
 
 
@@ -426,7 +431,7 @@ def test_packed_step_with_the_prefilling_row_inside_the_decode_span():
     alone = [Engine(model, NO_STOPS, prefix_caching=False).generate(p, sp)[0] for p, sp in ((a, pa), (b, pb), (d, pd))]
 
     def run():
-        eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=8)
+        eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=8, prefix_caching=True)
         return run_with_arrivals(eng, [a, b, d], [pa, pb, pd], gap=lambda i: 5 if i == 1 else 0)
 
     assert [run()[i] for i in range(3)] == alone

@@ -64,7 +64,7 @@ class Engine:
                  tool_fn: Callable[[str], str] | None = _default_tool, decode_rows: str = "prefix",
                  max_prefill_tokens: int = 4096, decode_layout: bool | str = False,
                  cuda_graphs: bool | None = None, kv_cache_memory: int | None = None,
-                 gpu_memory_utilization: float | None = None, prefix_caching: bool = True,
+                 gpu_memory_utilization: float | None = None, prefix_caching: bool = False,
                  prefill_chunk: int | None = None):
         """tokenizer: a raychat Tokenizer (enables tool use: expressions are decoded and results encoded with
         it) or a dict {special token name: id} (no tool use). max_seq_len: KV-cache positions per row,
@@ -79,7 +79,9 @@ class Engine:
         kv_cache_memory (bytes) or gpu_memory_utilization (fraction of the GPU's memory this process may use,
         weights and everything already allocated included, as vLLM's flag) size it instead: as many slots as
         the budget holds, at most max_batch_size (then the cap on sequences running together).
-        prefix_caching: a prompt starting with tokens a slot already holds prefills only the rest.
+        prefix_caching: a prompt starting with tokens a slot already holds prefills only the rest (off by default:
+        cached keys/values belong to the weights that computed them; `raychat serve` turns it on, and a caller
+        that updates the weights in place calls reset_prefix_cache()).
         prefill_chunk: prefill at most this many prompt tokens per step, interleaved with decode steps
         (None: whole prompts, a step prefills or decodes; see scheduler.py)."""
         if max_batch_size < 1:
@@ -154,6 +156,13 @@ class Engine:
         self._new_scheduler()
         self._stash = []
         self.runner.reset()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (after the model's weights changed). Running sequences keep their slots."""
+        for r in range(self.max_batch_size):
+            if r not in self.slots.busy:
+                self.slots.tokens[r].clear()
+                self.runner.set_length(r, 0)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work() or bool(self._stash)

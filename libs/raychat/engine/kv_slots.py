@@ -12,7 +12,7 @@ prompt that shares n tokens with a slot can start at position n.
   a free one is taken as it is (its tail past the match is simply overwritten); a busy one (a running turn,
   another request with the same system prompt) is copied up to the match into a free slot. At most
   len(prompt) - 1 tokens are reused: the last prompt token must be fed to get the first output's logits.
-- A free slot is evicted least-recently-used first (never-used slots before any cached one), so memory pressure
+- A free slot is evicted least-recently-used first (empty slots before any cached one), so memory pressure
   drops the oldest conversations; nothing is reserved, a cached prefix costs no capacity that a request needs.
 - Matching is exact on token ids, so a reused prefix holds the same keys/values a fresh prefill would compute.
 
@@ -23,6 +23,10 @@ copies of it. At 1-2K contexts and chat-length replies that is the trade this en
 pack memory better but need a block table in every attention path.
 
 Prefix-cache counters follow vLLM: `queries` counts prompt tokens looked up, `hits` the tokens reused.
+
+A cached prefix is only valid for the weights that computed it: whoever changes the model (an RL loop after an
+optimizer step) calls `clear()` (Engine.reset_prefix_cache, as vLLM's reset_prefix_cache) or leaves prefix
+caching off, the Engine's default.
 """
 
 from __future__ import annotations
@@ -92,8 +96,10 @@ class SlotTable:
         return sum(len(t) for t in self.tokens)
 
     def _victim(self) -> int:
-        """The free slot to overwrite: never used first (lowest index: keeps the decode span short), else LRU."""
-        return min((r for r in range(self.num_slots) if r not in self.busy), key=lambda r: (self._last_used[r], r))
+        """The free slot to overwrite: an empty one first, lowest index (keeps the decode span short), else the
+        least recently used cached prefix."""
+        free = (r for r in range(self.num_slots) if r not in self.busy)
+        return min(free, key=lambda r: (bool(self.tokens[r]), self._last_used[r] if self.tokens[r] else 0, r))
 
     def allocate(self, prompt: list[int], n: int = 1) -> list[Allocation] | None:
         """Slots for a request of n sequences (None if fewer than n are free). The first one gets the prefix
