@@ -8,7 +8,7 @@ aggregate throughput of concurrent requests with continuous batching vs one requ
 
 Models are random-init GPTs from the depth dial (head_dim 64, vocab 8192, context 1024, window pattern SSSL),
 in fp32 on CPU (bf16 on a GPU if one is visible). Layout "decode" re-lays the long weights (lm_head, c_fc)
-column-major for GEMV (GPT.use_decode_layout); "train" keeps the training layout; "auto" (the default, what
+column-major for GEMV (runner.use_decode_layout); "train" keeps the training layout; "auto" (the default, what
 `raychat serve/chat/eval` use) re-lays those this CPU's GEMV runs faster that way (timed at start).
 Completions ignore stop tokens (the engine gets no tokenizer) so every request generates exactly its max_tokens.
 Each figure is the best of --repeats runs: on a shared box the best run is the one least disturbed by other
@@ -22,6 +22,18 @@ Figures (per model):
 - TTFT: add_request -> first token, idle engine, 256-token prompt; and for a request joining 7 running ones;
 - aggregate: 8 concurrent requests of 128 tokens (continuous batching, 8 slots) vs the same 8 sequentially
   (1 slot); and 24 requests of mixed lengths (32..256 tokens) through 8 slots vs sequentially.
+Scenarios beyond those tables (--scenarios):
+- turns: one conversation of 4 turns (60 user + 150 reply tokens each, ~840 tokens at the end), each turn
+  resending the history; TTFT per turn with prefix caching off and on (on: turns 2-4 prefill only what is new);
+- itl: 7 streams decode, a 1,000-token prompt arrives; the streams' next 100 inter-token gaps each, p50/p99,
+  with the prompt prefilled whole and in chunks (--chunks);
+- clients: `raychat bench serve`'s load (32 closed-loop clients, 128 requests) on the bare engine, the
+  baseline settings (8 slots, no reuse, whole prompts) against the serve defaults: what the engine alone gains;
+- capacity: an engine sized from --kv-cache-memory GiB or (CUDA) --gpu-memory-utilization; prints the start-up
+  line (budget -> slots) and runs as many requests as it has slots, sharing a 200-token prefix.
+
+    .venv/bin/python benchmarks/bench_engine.py --models d4 --scenarios turns,itl
+    .venv/bin/python benchmarks/bench_engine.py --models d4 --scenarios capacity --kv-cache-memory 1
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import time
 import torch
 
 from raychat.engine import Engine, SamplingParams
+from raychat.engine.runner import ColumnMajorPick, describe_capacity, use_decode_layout
 from raychat.model import GPT, config_for_depth
 from raychat.model.attention import inference_attention
 
@@ -53,11 +66,9 @@ def build(depth: int, device: str, dtype: torch.dtype, layout: str = "decode") -
             if p.dim() == 2:
                 p.normal_(0, 0.02)
     if layout == "decode":
-        model.use_decode_layout()
+        use_decode_layout(model)
     elif layout == "auto":
-        from raychat.engine.runner import ColumnMajorPick
-
-        model.relaid = model.use_decode_layout(pick=ColumnMajorPick())
+        model.relaid = use_decode_layout(model, pick=ColumnMajorPick())
     return model.eval()
 
 
@@ -178,6 +189,101 @@ def bench_aggregate(model, repeats, lengths: list[int], slots: int):
     return best(once_batched, repeats), best(once_sequential, repeats)
 
 
+def bench_turns(model, turns=4, user=60, reply=150, prefix_caching=True):
+    """TTFT (ms) of each turn of one conversation growing to ~800 tokens: turn t resends turns 1..t-1 with the
+    replies, as a chat client does. One engine for the whole conversation (what a serving replica sees)."""
+    eng = Engine(model, None, max_batch_size=8, max_seq_len=1024, prefix_caching=prefix_caching)
+    users = prompts(turns, user, seed=5)
+    history, ttft, replies = [], [], []
+    for u in users:
+        history = history + u
+        rid = eng.add_request(history, SamplingParams(max_tokens=reply, **GREEDY))
+        sync(model.get_device())
+        t = now()
+        out = [e.token_id for e in eng.step() if e.request_id == rid]
+        while not out:
+            out = [e.token_id for e in eng.step() if e.request_id == rid]
+        ttft.append((now() - t) * 1e3)
+        while eng.has_work():
+            out += [e.token_id for e in eng.step() if e.request_id == rid and e.token_id >= 0]
+        history = history + out
+        replies.append(out)
+    return ttft, len(history), eng.stats()["prefix_cache_hits"], replies
+
+
+def bench_itl_long_prompt(model, chunk, streams=7, long_len=1000, after=100):
+    """7 streams decode; a long prompt arrives; the streams' inter-token gaps (ms) from that moment until each
+    has emitted `after` more tokens -> (p50, p99, max, long prompt's TTFT ms)."""
+    eng = Engine(model, None, max_batch_size=streams + 1, max_seq_len=1024, prefill_chunk=chunk,
+                 prefix_caching=False)
+    ids = [eng.add_request(p, SamplingParams(max_tokens=after + 40, **GREEDY)) for p in prompts(streams, 32, 7)]
+    for _ in range(20):
+        eng.step()
+    long_id = eng.add_request(prompts(1, long_len, seed=8)[0], SamplingParams(max_tokens=4, **GREEDY))
+    sync(model.get_device())
+    t0 = now()
+    gaps, counts, ttft, last = [], dict.fromkeys(ids, 0), None, dict.fromkeys(ids, t0)
+    while min(counts.values()) < after:
+        evs = eng.step()
+        sync(model.get_device())
+        t = now()
+        for e in evs:
+            if e.request_id in counts and counts[e.request_id] < after:
+                counts[e.request_id] += 1
+                gaps.append((t - last[e.request_id]) * 1e3)
+                last[e.request_id] = t
+            elif e.request_id == long_id and ttft is None:
+                ttft = (t - t0) * 1e3
+    gaps.sort()
+    eng.abort_all()
+    return gaps[len(gaps) // 2], gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))], gaps[-1], ttft
+
+
+def bench_clients(model, baseline: bool, clients=32, chats=128, max_tokens=64):
+    """`raychat bench serve`'s load without the serving stack: `clients` closed-loop clients, `chats` requests
+    over the same 4 prompts (bos + 40 tokens), temperature 1 -> (requests/s, median TTFT ms). baseline: the
+    engine before memory-sized slots (8 slots, no prefix reuse, whole-prompt prefill); else the serve defaults
+    on CPU (64 slots, prefix reuse, chunks of 32)."""
+    kw = dict(max_batch_size=8) if baseline else dict(max_batch_size=64, prefill_chunk=32, prefix_caching=True)
+    eng = Engine(model, None, max_seq_len=1024, **kw)
+    ps = [[0] + p for p in prompts(4, 40, seed=1)]
+    sent, added, ttft = 0, {}, []
+    t0 = now()
+    while sent < chats or eng.has_work():
+        while len(added) < clients and sent < chats:
+            rid = eng.add_request(ps[sent % 4], SamplingParams(temperature=1.0, seed=sent, max_tokens=max_tokens))
+            added[rid] = now()
+            sent += 1
+        for e in eng.step():
+            t = added.get(e.request_id)
+            if t is not None and t > 0:
+                ttft.append((now() - t) * 1e3)
+                added[e.request_id] = -1.0
+            if e.finish_reason is not None:
+                added.pop(e.request_id, None)
+    ttft.sort()
+    return chats / (now() - t0), ttft[len(ttft) // 2]
+
+
+def capacity_demo(model, kv_cache_memory, gpu_memory_utilization, max_num_seqs=256):
+    """Size an engine from a budget (printing the start-up line), then run as many requests as it has slots
+    with a shared 200-token prefix: -> (kv_info, tokens/s, prefix-cache hits, queries)."""
+    eng = Engine(model, None, max_batch_size=max_num_seqs, max_seq_len=1024, kv_cache_memory=kv_cache_memory,
+                 gpu_memory_utilization=gpu_memory_utilization, prefill_chunk=512, prefix_caching=True)
+    shared = prompts(1, 200, seed=9)[0]
+    tails = prompts(eng.max_batch_size, 16, seed=10)
+    eng.add_request(shared + tails[0], SamplingParams(max_tokens=32, **GREEDY))
+    sync(model.get_device())
+    t = now()
+    n = len(eng.step())  # the first request's prefill puts the shared prefix in the cache; the others reuse it
+    for tail in tails[1:]:
+        eng.add_request(shared + tail, SamplingParams(max_tokens=32, **GREEDY))
+    n += run_to_end(eng)
+    sync(model.get_device())
+    st = eng.stats()
+    return eng.kv_info, n / (now() - t), st["prefix_cache_hits"], st["prefix_cache_queries"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="d4,d6", help="comma-separated depths to run, e.g. d4,d6")
@@ -186,6 +292,15 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is reported")
     ap.add_argument("--batches", default="1,8,32", help="decode batch sizes")
+    ap.add_argument("--scenarios", default="core,turns,itl",
+                    help="comma-separated: core (the tables above), turns (multi-turn TTFT with/without prefix "
+                         "reuse), itl (7 streams' ITL under a 1,000-token prompt, chunked or not), clients "
+                         "(bench serve's load on the bare engine, baseline vs default), capacity")
+    ap.add_argument("--chunks", default="0,16,32,64,128", help="prefill chunks for the itl scenario (0 = none)")
+    ap.add_argument("--kv-cache-memory", type=float, default=None,
+                    help="capacity scenario: KV-cache budget in GiB (default on CUDA: --gpu-memory-utilization)")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=None,
+                    help="capacity scenario on CUDA: share of the GPU's memory (vLLM's meaning); default 0.9")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="wall: real time; cpu: this process's CPU time (with --threads 1, what an otherwise idle "
                          "core would take: use it on a box shared with other jobs, and say so with the figures)")
@@ -200,7 +315,12 @@ def main():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# bench_engine: device={dev} dtype={str(dtype)[6:]} threads={torch.get_num_threads()} "
           f"torch={torch.__version__} clock={args.clock} repeats={args.repeats} (best of) load-avg-1min={load:.1f}\n")
+    scenarios = set(args.scenarios.split(","))
+    known = {"core", "turns", "itl", "clients", "capacity"}
+    if scenarios - known:
+        raise SystemExit(f"--scenarios: unknown {sorted(scenarios - known)} (known: {', '.join(sorted(known))})")
     rows = []
+    models = {}
     for name, layout in [(n, lay) for n in args.models.split(",") for lay in args.layouts.split(",")]:
         if layout not in ("auto", "decode", "train"):
             raise SystemExit(f"--layouts: unknown layout {layout!r} (expected auto, decode or train)")
@@ -209,6 +329,9 @@ def main():
         c = model.config
         how = f", {model.relaid} weights re-laid" if layout == "auto" and dev.type == "cpu" else ""
         label = f"d{depth} (width {c.n_embd}, {c.n_head} heads, vocab {c.vocab_size}, {layout} layout{how})"
+        models[label] = model
+        if "core" not in scenarios:
+            continue
         r = {"model": label}
         r["prefill"] = bench_prefill(model, args.repeats)
         r["raw@1"] = bench_raw_decode(model, args.repeats)
@@ -224,6 +347,59 @@ def main():
         rows.append(r)
         print(f"done {label}", flush=True)
 
+    if rows:
+        print_core(rows, batches)
+    for label, model in models.items():
+        if "turns" in scenarios:
+            print(f"\n{label}: one conversation, 4 turns of 60 user + 150 reply tokens, TTFT per turn (ms)\n")
+            print("| prefix caching | turn 1 | turn 2 | turn 3 | turn 4 | final length | tokens reused |")
+            print("|---|---|---|---|---|---|---|")
+            res = {}
+            bench_turns(model)  # warm-up: first-call costs (allocator, kernels) would land on turn 1 of "off"
+            for on in (False, True):
+                runs = [bench_turns(model, prefix_caching=on) for _ in range(args.repeats)]
+                res[on] = ([min(r[0][t] for r in runs) for t in range(4)], *runs[0][1:])  # best of
+                ttft, n, hits, _ = res[on]
+                print(f"| {'on' if on else 'off'} | " + " | ".join(f"{x:.1f}" for x in ttft) + f" | {n} | {hits} |")
+            print("| speedup | " + " | ".join(f"{a / b:.1f}×" for a, b in zip(res[False][0], res[True][0])) + " | | |")
+            same = [sum(x == y for x, y in zip(a, b)) for a, b in zip(res[False][3], res[True][3])]
+            print(f"\ngreedy replies with reuse equal to without: {res[False][3] == res[True][3]} "
+                  f"(tokens matching per turn: {same} of {len(res[True][3][0])})")
+        if "itl" in scenarios:
+            print(f"\n{label}: 7 streams decoding, a 1,000-token prompt arrives; the streams' next 100 gaps each\n")
+            print("| prefill chunk | ITL p50 ms | ITL p99 ms | p99 / p50 | max gap ms | long prompt TTFT ms |")
+            print("|---|---|---|---|---|---|")
+            bench_itl_long_prompt(model, 128)  # warm-up
+            for chunk in [int(x) for x in args.chunks.split(",")]:  # best of --repeats, figure by figure
+                runs = [bench_itl_long_prompt(model, chunk or None) for _ in range(args.repeats)]
+                p50, p99, mx, ttft = (min(r[i] for r in runs) for i in range(4))
+                print(f"| {chunk or 'none (whole prompt)'} | {p50:.2f} | {p99:.2f} | {p99 / p50:.2f} | {mx:.1f} | "
+                      f"{ttft:.1f} |")
+        if "clients" in scenarios:
+            print(f"\n{label}: 32 closed-loop clients, 128 requests of 64 tokens over 4 prompts (no serving stack)\n")
+            print("| engine | requests/s | median TTFT ms |\n|---|---|---|")
+            res = {}
+            for base in (True, False):
+                runs = [bench_clients(model, base) for _ in range(args.repeats)]
+                res[base] = (max(r[0] for r in runs), min(r[1] for r in runs))
+                print(f"| {'baseline (8 slots)' if base else 'default (64 slots, reuse, chunks 32)'} | "
+                      f"{res[base][0]:.1f} | {res[base][1]:.1f} |")
+            print(f"| ratio | {res[False][0] / res[True][0]:.2f}× | {res[True][1] / res[False][1]:.1f}× lower |")
+        if "capacity" in scenarios:
+            mem = int(args.kv_cache_memory * 2**30) if args.kv_cache_memory else None
+            util = args.gpu_memory_utilization if args.gpu_memory_utilization or mem else None
+            if mem is None and util is None:
+                if dev.type != "cuda":
+                    raise SystemExit("--scenarios capacity on CPU needs --kv-cache-memory GIB")
+                util = 0.9
+            info, tps, hits, queries = capacity_demo(model, mem, util)
+            print(f"\n{label}: capacity from a budget\n{describe_capacity(info)}\n"
+                  f"{info['num_slots']} requests (200 shared + 16 own prompt tokens, 32 generated each): "
+                  f"{tps:,.0f} generated tok/s, prefix cache {hits:,} of {queries:,} prompt tokens reused "
+                  f"({hits / max(1, queries):.0%})")
+
+
+def print_core(rows, batches):
     print()
     head = ["model", "prefill tok/s (256-tok prompt)"] + [f"decode tok/s @B={b}" for b in batches] + [
         "TTFT ms (idle / joining 7)"]

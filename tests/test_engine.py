@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scripted_model import ScriptedModel
 
 from raychat.common import RaychatError
 from raychat.engine import ContextLengthError, Engine, SamplingParams
-from raychat.engine.mock import ScriptedModel
 from raychat.engine.sampling import reference_probs, sample_rows
-from raychat.engine.scheduler import Scheduler
-from raychat.engine.sequence import Request
 from raychat.tokenizer import Tokenizer
 
 TOK = Tokenizer.byte_level()
@@ -67,37 +65,6 @@ def test_sample_rows_mixed_params_per_row():
 def test_sampling_params_validation(kw):
     with pytest.raises(RaychatError):
         SamplingParams(**kw)
-
-
-# ---- scheduler (pure Python) --------------------------------------------------------------------------
-def _req(rid, n=1, plen=3):
-    import random
-
-    return Request(rid, [1] * plen, SamplingParams(num_samples=n), [random.Random(0)] * n, frozenset(), 64)
-
-
-def test_scheduler_fcfs_slots_lowest_first_and_no_queue_jumping():
-    s = Scheduler(4)
-    for r in (_req("a", 2), _req("b", 3), _req("c", 1)):
-        s.add(r)
-    admitted = s.admit()
-    assert [r.request_id for r in admitted] == ["a"]  # b needs 3 slots, only 2 free; c must not jump ahead
-    assert sorted(s.running) == [0, 1]
-    s.release(s.running[0])
-    s.release(s.running[1])
-    assert [r.request_id for r in s.admit()] == ["b", "c"]
-    assert sorted(s.running) == [0, 1, 2, 3]
-    assert s.decode_span() == 4
-
-
-def test_scheduler_prefill_budget_and_cancel():
-    s = Scheduler(4, max_prefill_tokens=5)
-    for r in (_req("a", plen=4), _req("b", plen=4), _req("c")):
-        s.add(r)
-    assert [r.request_id for r in s.admit()] == ["a"]  # b would exceed the prompt-token budget of this step
-    assert s.cancel("b") and not s.cancel("zzz")
-    assert [r.request_id for r in s.reap_cancelled()] == ["b"]
-    assert [r.request_id for r in s.admit()] == ["c"]
 
 
 # ---- engine with the scripted model ---------------------------------------------------------------------

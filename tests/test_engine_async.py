@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from scripted_model import ScriptedModel
 
 from raychat.engine import AsyncEngine, ContextLengthError, Engine, SamplingParams
 from raychat.engine.chat import ReplyAssembler, astream_chat, stream_chat
-from raychat.engine.mock import ScriptedModel
 from raychat.engine.sequence import TokenEvent
 from raychat.tokenizer import Tokenizer
 

@@ -1,5 +1,5 @@
 """The engine with the real GPT (random weights, fp32, CPU): KV-cached incremental decoding through the engine's
-runner equals a full forward, and greedy output does not depend on batching."""
+runner equals a full forward, and greedy output does not depend on batching, prefix reuse or chunked prefill."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raychat.engine import Engine, SamplingParams
-from raychat.engine.runner import ModelRunner
+from raychat.engine.runner import ModelRunner, use_decode_layout
 from raychat.model import GPT, GPTConfig
 
 SPECIALS = {"<|bos|>": 0, "<|assistant_end|>": 1}
@@ -121,7 +121,7 @@ def test_freed_full_length_slot_does_not_overflow_the_cache(graphs):
 
 
 def test_decode_layout_keeps_values_and_outputs_and_survives_checkpoints(tmp_path):
-    """GPT.use_decode_layout re-lays the long weights (lm_head, c_fc) column-major, in place: same values, same
+    """runner.use_decode_layout re-lays the long weights (lm_head, c_fc) column-major, in place: same values, same
     state_dict, same logits; greedy output through the engine is unchanged; a second call does nothing; a
     state_dict saved from it loads into a fresh model, and one saved by a fresh model loads into it."""
     model = make_model(seed=7, sequence_len=64)
@@ -138,7 +138,7 @@ def test_decode_layout_keeps_values_and_outputs_and_survives_checkpoints(tmp_pat
     relaid = [n for n, p in model.named_parameters() if not p.is_contiguous()]
     assert sorted(relaid) == [f"blocks.{i}.mlp.c_fc.weight" for i in range(4)] + ["lm_head.weight"]
     assert model.lm_head.weight.stride() == (1, model.lm_head.weight.size(0))
-    assert model.use_decode_layout() == 0  # idempotent
+    assert use_decode_layout(model) == 0  # idempotent
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     with torch.inference_mode():
@@ -326,3 +326,138 @@ def test_cuda_graphs_refused_off_cuda():
 
     with pytest.raises(RaychatError, match="cuda_graphs=True needs the model on a CUDA device"):
         ModelRunner(make_model(), max_batch_size=2, max_seq_len=32, cuda_graphs=True)
+
+
+# ---- prefix reuse and chunked prefill -------------------------------------------------------------------------
+NO_STOPS: dict = {}  # no stop token: every reply is max_tokens long, so the reuse counts are known exactly
+
+
+def _conversation(g, turns=3, user=9):
+    return [torch.randint(2, 97, (user,), generator=g).tolist() for _ in range(turns)]
+
+
+def _turns(eng: Engine, users, max_tokens=6):
+    """A multi-turn chat: each prompt is the previous prompt + reply + the next user message. -> replies."""
+    prompt, replies = [0], []
+    for u in users:
+        prompt = prompt + u
+        (reply,) = eng.generate(prompt, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+        replies.append(reply)
+        prompt = prompt + reply
+    return replies
+
+
+@pytest.mark.parametrize("mode", ["eager", "chunked", "graphed"])
+def test_multi_turn_prefix_reuse_gives_the_same_greedy_tokens(mode):
+    """Turns 2.. of a conversation prefill only what is new (the hit counters say how much was reused) and
+    generate exactly the tokens an engine without prefix caching generates."""
+    model = make_model(seed=11, sequence_len=128, window_pattern="SSL", short_window_frac=0.1)
+    users = _conversation(torch.Generator().manual_seed(1))
+    ref = _turns(Engine(model, NO_STOPS, max_batch_size=2, prefix_caching=False), users)
+    eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=4 if mode == "chunked" else None,
+                 prefix_caching=True)
+    if mode == "graphed":
+        emulate_cuda_graphs(eng)
+    assert _turns(eng, users) == ref
+    st = eng.stats()
+    # turn 2 reuses bos + user 1 + reply 1 minus its last token (emitted, never fed); turn 3 likewise
+    assert st["prefix_cache_hits"] == (1 + 9 + 5) + (1 + 9 + 6 + 9 + 5)
+    assert st["prefix_cache_queries"] == (1 + 9) + (1 + 9 + 6 + 9) + (1 + 9 + 6 + 9 + 6 + 9)
+
+
+def test_shared_prefix_copied_from_a_running_slot_lru_eviction_and_cancel():
+    """A request whose prompt starts like a running one copies that slot's prefix; under memory pressure
+    (2 slots, 3 conversations) the least recently used history goes; a request cancelled mid-prefill leaves
+    what it computed for the next one. Every output equals the engine without prefix caching."""
+    model = make_model(seed=12, sequence_len=128)
+    g = torch.Generator().manual_seed(2)
+    system = torch.randint(2, 97, (20,), generator=g).tolist()
+    prompts = [[0] + system + torch.randint(2, 97, (4,), generator=g).tolist() for _ in range(3)]
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    ref = Engine(model, SPECIALS, max_batch_size=2, prefix_caching=False).generate_many(prompts, params)
+    eng = Engine(model, SPECIALS, max_batch_size=2, prefix_caching=True)
+    got = run_with_arrivals(eng, prompts, [params] * 3, gap=lambda i: 2)
+    assert [got[i] for i in range(3)] == [c[0].tokens for c in ref]
+    assert eng.stats()["prefix_cache_hits"] >= 2 * 21  # requests 2 and 3 reused bos + the system prompt
+    # cancellation mid-prefill (chunks of 5 beside a decoding request): the 10 tokens computed are reused by
+    # the same prompt afterwards
+    eng = Engine(model, SPECIALS, max_batch_size=2, prefill_chunk=5, prefix_caching=True)
+    eng.add_request(torch.randint(2, 97, (6,), generator=g).tolist(), SamplingParams(temperature=0.0, max_tokens=90))
+    eng.step()
+    long = [0] + system + system
+    rid = eng.add_request(long, params)
+    eng.step()
+    eng.step()
+    eng.cancel(rid)
+    assert [e.finish_reason for e in eng.step() if e.request_id == rid] == ["cancelled"]
+    assert eng.generate(long, params) == Engine(model, SPECIALS, prefix_caching=False).generate(long, params)
+    assert eng.stats()["prefix_cache_hits"] == 10
+    # after a weight update the cached prefixes are stale: reset_prefix_cache forgets them
+    eng.reset_prefix_cache()
+    eng.generate(long, params)
+    assert eng.stats()["prefix_cache_hits"] == 10
+
+
+def test_chunked_prefill_interleaves_with_decode_and_changes_no_token():
+    """While a long prompt comes in 8 tokens a step, the running request emits a token in every step; both
+    produce what they produce alone."""
+    model = make_model(seed=13, sequence_len=128)
+    g = torch.Generator().manual_seed(3)
+    short, long = torch.randint(2, 97, (5,), generator=g).tolist(), torch.randint(2, 97, (60,), generator=g).tolist()
+    params = SamplingParams(temperature=0.0, max_tokens=20)
+    alone = [Engine(model, NO_STOPS, prefix_caching=False).generate(p, params)[0] for p in (short, long)]
+    eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=8)
+    a = eng.add_request(short, params)
+    got = {a: [e.token_id for e in eng.step()]}  # a's prefill + first token
+    b = eng.add_request(long, params)
+    per_step, got[b] = [], []
+    while eng.has_work():
+        evs = eng.step()
+        per_step.append(sum(e.request_id == a for e in evs))
+        for e in evs:
+            got[e.request_id].append(e.token_id)
+    assert per_step[:8] == [1] * 8  # 60 tokens = 8 chunks, each step with a decode of a beside it
+    assert [got[a], got[b]] == alone
+
+
+def test_packed_step_with_the_prefilling_row_inside_the_decode_span():
+    """The chunk and the decode share one packed forward; when the prefilling row is a hole of the decode span
+    (a finished request's slot taken by a new one below a running one) it still gets exactly its own keys,
+    length and smear state: greedy tokens equal each request alone, and equal the unpacked engine's."""
+    model = make_model(seed=14, sequence_len=128)
+    g = torch.Generator().manual_seed(4)
+    a, b, d = (torch.randint(2, 97, (n,), generator=g).tolist() for n in (4, 6, 50))
+    pa, pb, pd = (SamplingParams(temperature=0.0, max_tokens=n) for n in (3, 40, 10))
+    alone = [Engine(model, NO_STOPS, prefix_caching=False).generate(p, sp)[0] for p, sp in ((a, pa), (b, pb), (d, pd))]
+
+    def run():
+        eng = Engine(model, NO_STOPS, max_batch_size=2, prefill_chunk=8, prefix_caching=True)
+        return run_with_arrivals(eng, [a, b, d], [pa, pb, pd], gap=lambda i: 5 if i == 1 else 0)
+
+    assert [run()[i] for i in range(3)] == alone
+    model.packs_kv = False  # the same steps as separate forwards
+    try:
+        assert [run()[i] for i in range(3)] == alone
+    finally:
+        del model.packs_kv
+
+
+def test_capacity_from_a_memory_budget_and_clear_errors(capsys):
+    """kv_cache_memory sizes the cache (slot bytes counted by hand: K and V per layer and position, plus the smear
+    row), capped by max_batch_size, announced at start and reported in stats; bad budgets are refused by name."""
+    from raychat.common import RaychatError
+
+    model = make_model(sequence_len=64)  # 4 layers, 4 KV heads of 16, fp32
+    slot = 2 * 4 * 64 * 4 * 16 * 4 + 64 * 4
+    eng = Engine(model, SPECIALS, max_batch_size=16, kv_cache_memory=5 * slot + 100)
+    assert eng.max_batch_size == 5 and eng.runner.cache.k[0].shape[0] == 5
+    assert "KV-cache budget" in capsys.readouterr().err
+    st = eng.stats()
+    got = (st["kv_cache_slots"], st["kv_cache_capacity_tokens"], st["kv_cache_budget_bytes"])
+    assert got == (5, 320, 5 * slot + 100)
+    assert Engine(model, SPECIALS, max_batch_size=3, kv_cache_memory=100 * slot).max_batch_size == 3
+    for kw, needle in [({"kv_cache_memory": slot - 1}, "holds no sequence"), ({"kv_cache_memory": 0}, "> 0 bytes"),
+                       ({"gpu_memory_utilization": 0.5}, "needs the model on a CUDA device"),
+                       ({"kv_cache_memory": slot, "gpu_memory_utilization": 0.5}, "not both")]:
+        with pytest.raises(RaychatError, match=needle):
+            Engine(model, SPECIALS, **kw)

@@ -205,8 +205,9 @@ class RecordingGSM8K(GSM8K):
 def test_gsm8k_through_the_real_engine_with_tool_use(shared_data):
     """A scripted model calls the calculator, the engine forces the result, and the eval grades the decoded text:
     problem 1 (answer 3) passes, problem 0 (answer 18) does not."""
+    from scripted_model import ScriptedModel
+
     from raychat.engine import Engine
-    from raychat.engine.mock import ScriptedModel
 
     sp = TOK.special_id
     script = ([sp("<|python_start|>")] + TOK.encode("2+1") + [sp("<|python_end|>")] + TOK.encode(" bolts\n#### 3")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from conftest import tiny_gpt
 from safetensors.torch import load_file
+from scripted_model import ScriptedModel
 
 from raychat.cli import main as cli_main
 from raychat.engine import Completion, Engine
-from raychat.engine.mock import ScriptedModel
 from raychat.tasks import SimpleArithmetic
 from raychat.tokenizer import Tokenizer
 from raychat.train.context import LocalContext

@@ -1,6 +1,7 @@
 """Model: attention against a float64 reference, KV-cached decode vs full forward, every feature switch,
 init, the depth dial and FLOPs accounting on the meta device."""
 
+import copy
 import math
 
 import pytest
@@ -185,6 +186,41 @@ def test_kv_cache_rows_at_different_positions_are_independent():
     batch.reset_rows([1])
     assert batch.seqlens.tolist() == [12, 0]
     assert 0 < batch.usage() < 1
+
+
+def _rows(cache: KVCache, lo: int, hi: int) -> KVCache:
+    """A view of rows lo..hi-1 (shares storage), as the engine's runner makes them."""
+    v = copy.copy(cache)
+    v.batch_size, v.seqlens, v.prev_emb = hi - lo, cache.seqlens[lo:hi], cache.prev_emb[lo:hi]
+    v.k, v.v = [t[lo:hi] for t in cache.k], [t[lo:hi] for t in cache.v]
+    return v
+
+
+@pytest.mark.parametrize("kw", [{}, {"n_kv_head": 1, "smear": False}])
+def test_packed_forward_equals_full_forwards(kw):
+    """A PackedKV forward (rows 0-1 decoding one token each, row 2 extending its prefix by a 5-token chunk, in one
+    (1, 7) input) gives each row's last logits as full forwards of the whole sequences do, and leaves every
+    row at its new length."""
+    from raychat.model.kv_cache import PackedKV
+
+    cfg = tiny_config(**kw)
+    m = make_model(cfg)
+    torch.manual_seed(3)
+    seqs = [torch.randint(0, cfg.vocab_size, (1, n)) for n in (9, 4, 15)]
+    cached = (8, 3, 10)  # each row's prefix already in the cache
+    with torch.no_grad():
+        cache = KVCache.for_model(m, batch_size=3)
+        for row, (s, n) in enumerate(zip(seqs, cached)):
+            m(s[:, :n], kv_cache=_rows(cache, row, row + 1))
+        idx = torch.cat([s[:, n:] for s, n in zip(seqs, cached)], dim=1)  # (1, 1 + 1 + 5)
+        packed = PackedKV([(_rows(cache, 0, 2), 1), (_rows(cache, 2, 3), 5)])
+        got = m(idx, kv_cache=packed)
+        ref = torch.cat([m(s)[:, -1] for s in seqs])
+        assert got.shape == (3, 1, cfg.vocab_size)
+        torch.testing.assert_close(got[:, 0], ref, atol=1e-4, rtol=1e-4)
+        assert cache.seqlens.tolist() == [9, 4, 15]
+        with pytest.raises(ValueError, match="packed forward of 6 tokens"):
+            m(idx[:, :6], kv_cache=packed)
 
 
 def test_kv_cache_overflow_is_a_clear_error():

@@ -188,12 +188,20 @@ def test_serve_config_validation(monkeypatch, tmp_path):
                        ({"run_dir": "x", "autoscaling": {"max_replica": 2}}, "unknown autoscaling keys"),
                        ({"run_dir": "x", "autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas"),
                        ({"run_dir": "x", "api_key": "has space"}, "api_key"),
-                       ({"run_dir": "x", "limits": {"max_messages": 0}}, "limits.max_messages")]:
+                       ({"run_dir": "x", "limits": {"max_messages": 0}}, "limits.max_messages"),
+                       ({"run_dir": "x", "kv_cache_memory": 0}, "kv_cache_memory"),
+                       ({"run_dir": "x", "gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+                       ({"run_dir": "x", "prefill_chunk": -1}, "prefill_chunk")]:
         with pytest.raises(ValueError, match=needle):
             ServeConfig(**kw)
     auto = ServeConfig(run_dir="x", replicas=2, autoscaling={"max_replicas": 4})
-    assert auto.autoscaling == {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8}
+    assert auto.autoscaling == {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": auto.max_batch_size}
     assert "sekret" not in ServeConfig(run_dir="x", api_key="sekret").to_json()
+    # engine options per device: the KV budget (bytes on CPU, a share of the GPU) and the prefill chunk
+    assert cfg.engine_options("cpu") == {"kv_cache_memory": 2 * 2**30, "prefix_caching": True, "prefill_chunk": 32}
+    assert cfg.engine_options("cuda") == {"gpu_memory_utilization": 0.9, "prefix_caching": True, "prefill_chunk": 512}
+    off = ServeConfig(run_dir="x", kv_cache_memory=2**20, prefill_chunk=0, prefix_caching=False)
+    assert off.engine_options("cuda") == {"kv_cache_memory": 2**20, "prefix_caching": False, "prefill_chunk": None}
     # serve run key=value args arrive as strings; the key may come from the environment
     monkeypatch.setenv("RAYCHAT_API_KEY", "from-env")
     c = ServeConfig.from_dict({"run_dir": "x", "port": "8001", "max_batch_size": "4", "num_cpus": "0.5",
@@ -221,7 +229,8 @@ def test_metric_names_follow_conventions_and_all_render():
     m.observe_tool_call()
     m.observe_finished("length", prompt_tokens=7, completion_tokens=5, e2e_s=0.3)
     m.observe_failure("overloaded")
-    m.set_engine_stats([{"replica": "r1", "running": 2, "waiting": 1, "kv_cache_usage": 0.25},
+    m.set_engine_stats([{"replica": "r1", "running": 2, "waiting": 1, "kv_cache_usage": 0.25,
+                         "prefix_cache_queries": 40, "prefix_cache_hits": 30, "kv_cache_slots": 64},
                         {"replica": "r2", "running": 1, "waiting": 0, "kv_cache_usage": 0.5}])
     text = m.render().decode()
     for name in METRIC_NAMES:
@@ -233,6 +242,9 @@ def test_metric_names_follow_conventions_and_all_render():
     assert 'raychat:inter_token_latency_seconds_sum{model_name="tiny"} 0.02' in text
     assert 'raychat:num_requests_running{model_name="tiny",replica="r1"} 2.0' in text
     assert 'raychat:kv_cache_usage_perc{model_name="tiny",replica="r2"} 0.5' in text
+    assert 'raychat:prefix_cache_hits_total{model_name="tiny",replica="r1"} 30.0' in text
+    assert 'raychat:prefix_cache_queries_total{model_name="tiny",replica="r1"} 40.0' in text
+    assert 'raychat:kv_cache_slots{model_name="tiny",replica="r1"} 64.0' in text
     assert 'raychat:request_failure_total{code="overloaded",model_name="tiny"} 1.0' in text
     # two apps in one process do not collide (each has its own registry)
     assert ServeMetrics("other").render()

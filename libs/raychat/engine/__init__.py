@@ -6,9 +6,10 @@
     async for ev in AsyncEngine(eng).generate(prompt_ids, params): ...            # streaming, asyncio
 
 Files: sampling.py (SamplingParams, batched sampling), sequence.py (requests, per-sequence state machine with
-stop conditions and tool use), scheduler.py (slots and admission), runner.py (all device work), engine.py
-(the step loop), async_engine.py (background thread + asyncio queues), chat.py (conversations <-> ids/text),
-mock.py (a scripted model for tests).
+stop conditions and tool use), kv_slots.py (KV capacity from a memory budget, per-slot token histories, the
+prefix index), scheduler.py (admission and the prefill budget: chunked prefill), runner.py (all device work),
+engine.py (the step loop), async_engine.py (background thread + asyncio queues), chat.py (conversations <->
+ids/text).
 """
 
 from raychat.engine.async_engine import AsyncEngine

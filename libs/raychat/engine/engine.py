@@ -7,14 +7,15 @@
             ...
     eng.generate(prompt_ids, params)   # blocking: list of completions (token ids), one per sample
 
-One `step()` is one of two things (prefill first, as vLLM's scheduler does, so a new request's first token is
-not held back by a decode step of the whole batch):
-- if waiting requests fit into free cache slots: prefill them (one forward per prompt, straight into its slot;
-  num_samples > 1 copy the prefilled row) and emit each completion's first token;
-- else one batched decode step over all running rows: feed each row's last token, emit the next one.
-Cancelled requests leave and finished ones free their slots at the step boundary, so a new request joins the
-running batch as soon as a slot is free. Per-token work is kept to list appends; the device is synced once
-per step (the chosen token ids), never per row.
+One `step()`: cancelled requests leave (their slots keep what they computed, for prefix reuse); waiting
+requests that fit get slots (kv_slots.SlotTable: the longest cached prefix of their prompt is kept in place or
+copied from the slot holding it); then the scheduler's prefill plan runs (prompt slices from where the cache
+ends, one forward each, straight into the slot; a request whose prompt is complete emits its first token and
+num_samples > 1 copy the prefilled row); and one batched decode step runs over every sequence that was
+decoding when the step began (feed its last token, emit the next). Without chunked prefill a step with
+prefill work skips the decode (prefill first); with it, both run in every step. Finished sequences free their
+slots at once, so a new request joins the running batch at the next step. Per-token work is kept to list
+appends; the device is synced once per step (the chosen token ids), never per row.
 
 The engine is single-threaded: call it from one thread (AsyncEngine runs it in its own thread for asyncio
 servers). It works on token ids only; `raychat.engine.chat` renders conversations and decodes text.
@@ -23,13 +24,15 @@ servers). It works on token ids only; `raychat.engine.chat` renders conversation
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 from raychat.common import RaychatError
-from raychat.engine.runner import ModelRunner
+from raychat.engine.kv_slots import SlotTable
+from raychat.engine.runner import ModelRunner, describe_capacity, kv_capacity
 from raychat.engine.sampling import SamplingParams, make_rng
 from raychat.engine.scheduler import Scheduler
 from raychat.engine.sequence import Request, Specials, TokenEvent
@@ -60,25 +63,42 @@ class Engine:
     def __init__(self, model, tokenizer=None, max_batch_size: int = 8, max_seq_len: int | None = None,
                  tool_fn: Callable[[str], str] | None = _default_tool, decode_rows: str = "prefix",
                  max_prefill_tokens: int = 4096, decode_layout: bool | str = False,
-                 cuda_graphs: bool | None = None):
+                 cuda_graphs: bool | None = None, kv_cache_memory: int | None = None,
+                 gpu_memory_utilization: float | None = None, prefix_caching: bool = False,
+                 prefill_chunk: int | None = None):
         """tokenizer: a raychat Tokenizer (enables tool use: expressions are decoded and results encoded with
         it) or a dict {special token name: id} (no tool use). max_seq_len: KV-cache positions per row,
         default the model's sequence_len. tool_fn: expression -> result text (default: the calculator);
         None disables tool use. decode_layout: re-lay the model's weights in place for faster CPU decoding
-        (GPT.use_decode_layout): True = every long weight, "auto" = those this CPU's GEMV runs faster
+        (runner.use_decode_layout): True = every long weight, "auto" = those this CPU's GEMV runs faster
         re-laid (timed once at start) — for a model used only for inference, never for one still trained.
         cuda_graphs: decode steps as CUDA graphs (runner.GraphedDecode); None = on when the model is on a CUDA
-        device, False = eager, True = required."""
+        device, False = eager, True = required.
+
+        KV capacity (kv_slots): without a budget the cache has max_batch_size slots of max_seq_len positions.
+        kv_cache_memory (bytes) or gpu_memory_utilization (fraction of the GPU's memory this process may use,
+        weights and everything already allocated included, as vLLM's flag) size it instead: as many slots as
+        the budget holds, at most max_batch_size (then the cap on sequences running together).
+        prefix_caching: a prompt starting with tokens a slot already holds prefills only the rest (off by default:
+        cached keys/values belong to the weights that computed them; `raychat serve` turns it on, and a caller
+        that updates the weights in place calls reset_prefix_cache()).
+        prefill_chunk: prefill at most this many prompt tokens per step, interleaved with decode steps
+        (None: whole prompts, a step prefills or decodes; see scheduler.py)."""
         if max_batch_size < 1:
             raise RaychatError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.model = model
         self.tokenizer = None if tokenizer is None or isinstance(tokenizer, dict) else tokenizer
         self.specials = Specials.from_tokenizer(tokenizer) if tokenizer is not None else Specials(None, None)
         self.max_seq_len = int(max_seq_len or model.config.sequence_len)
-        self.max_batch_size = max_batch_size
-        self.runner = ModelRunner(model, max_batch_size, self.max_seq_len, decode_rows=decode_rows,
+        self.kv_info = kv_capacity(model, self.max_seq_len, max_batch_size, kv_cache_memory, gpu_memory_utilization)
+        self.max_batch_size = self.kv_info["num_slots"]
+        if self.kv_info["source"] != "max_batch_size":
+            print(describe_capacity(self.kv_info), file=sys.stderr, flush=True)
+        self.runner = ModelRunner(model, self.max_batch_size, self.max_seq_len, decode_rows=decode_rows,
                                   decode_layout=decode_layout, cuda_graphs=cuda_graphs)
-        self.scheduler = Scheduler(max_batch_size, max_prefill_tokens=max_prefill_tokens)
+        self._sched_args = dict(prefill_chunk=prefill_chunk, max_prefill_tokens=max_prefill_tokens)
+        self.prefix_caching = prefix_caching
+        self._new_scheduler()
         self.tool_fn = tool_fn
         self._run_tool = self._tool_tokens if (tool_fn and self.tokenizer and self.specials.tools) else None
         self._base_stops = frozenset(t for t in (self.specials.assistant_end, self.specials.bos) if t is not None)
@@ -86,6 +106,13 @@ class Engine:
         self._stash: list[TokenEvent] = []  # events of other requests produced while generate() drove the loop
         self.vocab_size = model.config.vocab_size
         self.num_tool_calls = 0
+
+    def _new_scheduler(self) -> None:
+        old = getattr(self, "slots", None)
+        self.slots = SlotTable(self.max_batch_size, self.max_seq_len, prefix_caching=self.prefix_caching)
+        if old is not None:  # the prefix-cache counters are counters: they survive an abort_all
+            self.slots.hits, self.slots.queries = old.hits, old.queries
+        self.scheduler = Scheduler(self.slots, on_release=self.runner.set_length, **self._sched_args)
 
     # ---- requests -----------------------------------------------------------------------------------------
     def check_request(self, prompt_ids: Seq[int], params: SamplingParams) -> list[int]:
@@ -125,62 +152,98 @@ class Engine:
         return self.scheduler.cancel(request_id)
 
     def abort_all(self) -> None:
-        """Drop every request without events (after a failed step, or at shutdown): all slots free again."""
-        self.scheduler = Scheduler(self.max_batch_size, max_prefill_tokens=self.scheduler.max_prefill_tokens)
+        """Drop every request without events (after a failed step, or at shutdown): all slots free and empty."""
+        self._new_scheduler()
         self._stash = []
         self.runner.reset()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (after the model's weights changed). Running sequences keep their slots."""
+        for r in range(self.max_batch_size):
+            if r not in self.slots.busy:
+                self.slots.tokens[r].clear()
+                self.runner.set_length(r, 0)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work() or bool(self._stash)
 
     def stats(self) -> dict:
-        """Gauges for metrics: running (requests), waiting (requests), kv_cache_usage (fraction of positions)."""
+        """Gauges and counters for metrics: running/waiting (requests), kv_cache_usage (fraction of positions
+        held by running sequences), the KV capacity and budget, prefix-cache queries/hits (prompt tokens)."""
         used = sum(s.num_cached for s in self.scheduler.running.values())
+        info = self.kv_info
         return {"running": self.scheduler.num_running_requests(), "waiting": len(self.scheduler.waiting),
                 "kv_cache_usage": used / (self.max_batch_size * self.max_seq_len),
-                "running_sequences": len(self.scheduler.running), "free_slots": len(self.scheduler.free_rows)}
+                "running_sequences": len(self.scheduler.running), "free_slots": self.slots.num_free,
+                "kv_cache_slots": info["num_slots"], "kv_cache_capacity_tokens": info["num_slots"] * self.max_seq_len,
+                "kv_cache_budget_bytes": info["budget_bytes"], "kv_cache_cached_tokens": self.slots.cached_tokens(),
+                "prefix_cache_queries": self.slots.queries, "prefix_cache_hits": self.slots.hits}
 
     # ---- the step -----------------------------------------------------------------------------------------
     def step(self) -> list[TokenEvent]:
         events, self._stash = self._stash, []
-        for req in self.scheduler.reap_cancelled():
+        sched = self.scheduler
+        for req in sched.reap_cancelled():
             events.extend(TokenEvent(req.request_id, -1, False, "cancelled", s.index) for s in req.sequences
                           if s.finish_reason is None)
-        admitted = self.scheduler.admit()
-        if admitted:
-            for req in admitted:
-                self._prefill(req, events)
-        elif self.scheduler.running:
-            self._decode(events)
+        for _req, allocs in sched.admit():
+            a = allocs[0]
+            if a.src is not None:  # the prefix lives in a busy slot: copy it instead of computing it again
+                self.runner.copy_row(a.src, a.row, a.reuse)
+            else:
+                self.runner.set_length(a.row, a.reuse)
+            for b in allocs[1:]:  # num_samples > 1: filled by a row copy once the prompt is in
+                self.runner.set_length(b.row, 0)
+        decoding = sched.decoding()  # before this step's prefills: a sequence emits its first token, then waits
+        plan = sched.prefill_plan(decoding=len(decoding))
+        decode = self._decode_inputs(decoding) if decoding and (not plan or sched.prefill_chunk is not None) \
+            else None
+        prefills = [(req.sequences[0].row, req.prompt[a:b], a, req.prompt[a - 1] if a else None)
+                    for req, a, b in plan]
+        prefill_logits, decode_logits = self.runner.step(prefills, decode)
+        for (req, _, end), logits in zip(plan, prefill_logits):
+            self._prefilled(req, end, logits, events)
+        if decode is not None:
+            self._decoded(decoding, decode_logits, events)
         return events
 
-    def _prefill(self, req: Request, events: list[TokenEvent]) -> None:
+    def _prefilled(self, req: Request, end: int, logits, events: list[TokenEvent]) -> None:
+        """A prompt slice ..end is in the cache; at the prompt's end emit the first tokens."""
         seqs = req.sequences
-        logits = self.runner.prefill(seqs[0].row, req.prompt)  # (1, V)
+        first = seqs[0]
+        self.slots.extend(first.row, req.prompt[first.num_cached:end])
+        first.num_cached = end
+        if end < len(req.prompt):
+            return
+        self.scheduler.prefilled(req)
         for s in seqs[1:]:
-            self.runner.copy_row(seqs[0].row, s.row)
-        for s in seqs:
-            s.num_cached = len(req.prompt)
+            self.runner.copy_row(first.row, s.row, end)
+            self.slots.extend(s.row, req.prompt)
+            s.num_cached = end
         p = req.params
         uniforms = [None if p.greedy else s.rng.random() for s in seqs]
         tokens = self.runner.pick(logits, [0] * len(seqs), [p] * len(seqs), uniforms)
         for s, tok in zip(seqs, tokens):
             self._emit(s, tok, False, events)
 
-    def _decode(self, events: list[TokenEvent]) -> None:
-        running = self.scheduler.running
-        n = self.scheduler.decode_span()
+    @staticmethod
+    def _decode_inputs(decoding: dict) -> tuple[list[int], list[int]]:
+        """Rows 0..n-1 cover every decoding sequence; the others in that span are holes (fed a dummy)."""
+        n = max(decoding) + 1
         tokens, holes = [0] * n, []
         for r in range(n):
-            s = running.get(r)
+            s = decoding.get(r)
             if s is None:
                 holes.append(r)
             else:
                 tokens[r] = s.last_token
-        logits = self.runner.decode(tokens, holes)  # (n, V)
+        return tokens, holes
+
+    def _decoded(self, decoding: dict, logits, events: list[TokenEvent]) -> None:
         rows, params, uniforms, seqs, forced = [], [], [], [], []
-        for r, s in running.items():
+        for r, s in decoding.items():
             s.num_cached += 1
+            self.slots.extend(r, (s.last_token,))
             if s.forced:
                 forced.append(s)
             else:

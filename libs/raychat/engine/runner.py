@@ -1,17 +1,21 @@
-"""All device work of the engine: the preallocated KV cache, prefill, batched one-token decode, row copies and
-the tensor side of sampling. The scheduler and the state machines never touch a tensor; this file never makes a
+"""All device work of the engine: sizing the KV cache from a memory budget, the preallocated cache, prefill (in
+chunks, from any start position), batched one-token decode, row copies, the CPU decode weight layout and the
+tensor side of sampling. The scheduler and the state machines never touch a tensor; this file never makes a
 scheduling decision.
 
-KV cache layout (raychat.model.kv_cache.KVCache): per layer (max_batch_size, max_seq_len, H_kv, D) in the
-compute dtype, plus per-row lengths. A row is a slot a sequence occupies while it runs. The model reads and
+KV cache layout (raychat.model.kv_cache.KVCache): per layer (num_slots, max_seq_len, H_kv, D) in the compute
+dtype, plus per-row lengths. A row is a slot (kv_slots.SlotTable); its length always equals the number of
+tokens the slot table says it holds, busy or free. The model reads and
 writes the cache through `cache.k[i]`, `cache.v[i]`, `cache.seqlens`, `cache.prev_emb` and advances `seqlens`
 in place, so a *view* of rows lo..hi-1 (a shallow copy of the cache object whose tensors are slices of the
 big ones) is itself a valid cache. That gives us, without copying any K/V:
 - prefill straight into a slot: a forward of the prompt (1, T) on the one-row view of that slot;
-- decode on the prefix rows[0:hi] that holds every running sequence (the scheduler hands out low slots first),
-  instead of the full preallocated batch. Free rows inside the prefix ("holes") are fed a dummy token at
-  position 0 and their length is reset afterwards, which is cheaper than gathering the live rows (a gather
-  would copy the whole cache). `decode_rows="full"` always runs every slot (for the benchmark's comparison).
+- decode on the prefix rows[0:hi] that holds every decoding sequence (never-used slots go out lowest first),
+  instead of the full preallocated batch. Rows inside the prefix that are not decoding ("holes": free slots
+  holding a cached prefix, sequences still prefilling) are fed a dummy token written just past their length,
+  where it overwrites nothing they hold, and their length and smear state are put back afterwards; cheaper
+  than gathering the live rows (a gather would copy the whole cache). `decode_rows="full"` always runs every
+  slot (for the benchmark's comparison).
 """
 
 from __future__ import annotations
@@ -24,12 +28,84 @@ import torch
 import torch.nn.functional as F
 
 from raychat.common import RaychatError
+from raychat.engine.kv_slots import kv_bytes_per_slot, slots_for_budget
 from raychat.engine.sampling import SamplingParams, sample_rows
 from raychat.model.attention import inference_attention
+from raychat.model.gpt import Linear
+from raychat.model.kv_cache import PackedKV
+
+
+def kv_capacity(model, max_seq_len: int, max_num_seqs: int, kv_cache_memory: int | None = None,
+                gpu_memory_utilization: float | None = None) -> dict:
+    """How many cache slots to allocate. Without a budget: max_num_seqs (a fixed slot count). kv_cache_memory:
+    that many bytes. gpu_memory_utilization: vLLM's meaning, the fraction of the GPU's total memory this process
+    may use, so the budget is that share minus what is already allocated on the device (the weights, other
+    processes); no activation profiling, so leave headroom (0.9 is vLLM's default).
+    Returns {num_slots, slot_bytes, budget_bytes, source}."""
+    c = model.config
+    elem = torch.empty((), dtype=model.compute_dtype).element_size()
+    slot = kv_bytes_per_slot(c.n_layer, c.n_kv_head, c.head_dim, max_seq_len, elem, c.n_embd)
+    if kv_cache_memory is not None and gpu_memory_utilization is not None:
+        raise RaychatError("give kv_cache_memory or gpu_memory_utilization, not both")
+    if kv_cache_memory is not None:
+        if kv_cache_memory <= 0:
+            raise RaychatError(f"kv_cache_memory must be > 0 bytes, got {kv_cache_memory}")
+        budget, source = int(kv_cache_memory), "kv_cache_memory"
+    elif gpu_memory_utilization is not None:
+        if not 0 < gpu_memory_utilization <= 1:
+            raise RaychatError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        device = model.get_device()
+        if device.type != "cuda":
+            raise RaychatError(f"gpu_memory_utilization needs the model on a CUDA device; it is on {device}: "
+                               "give kv_cache_memory (bytes) instead")
+        free, total = torch.cuda.mem_get_info(device)
+        budget, source = int(gpu_memory_utilization * total - (total - free)), "gpu_memory_utilization"
+        if budget <= 0:
+            raise RaychatError(f"gpu_memory_utilization={gpu_memory_utilization} leaves no room for a KV cache: "
+                               f"{(total - free) / 2**30:.1f} of {total / 2**30:.1f} GiB are already in use")
+    else:
+        return {"num_slots": max_num_seqs, "slot_bytes": slot, "budget_bytes": max_num_seqs * slot,
+                "source": "max_batch_size"}
+    try:
+        n = slots_for_budget(budget, slot, max_num_seqs)
+    except ValueError as e:
+        raise RaychatError(str(e)) from None
+    return {"num_slots": n, "slot_bytes": slot, "budget_bytes": budget, "source": source}
+
+
+def describe_capacity(info: dict) -> str:
+    """The start-up line: budget -> slots (what limited them)."""
+    mib = 2**20
+    return (f"raychat engine: KV-cache budget {info['budget_bytes'] / mib:,.1f} MiB ({info['source']}) -> "
+            f"{info['num_slots']} slots of {info['slot_bytes'] / mib:,.2f} MiB "
+            f"({info['num_slots'] * info['slot_bytes'] / mib:,.1f} MiB allocated)")
+
+
+@torch.no_grad()
+def use_decode_layout(model, pick=None) -> int:
+    """Re-lay the model's Linear weights for CPU decoding, in place; values, shapes and state_dict keys unchanged.
+
+    A decode step multiplies one row vector by every weight (a GEMV), which streams the weight from memory; on
+    CPU it streams about twice as fast when the weight's longer dimension is contiguous (long rows suit the
+    prefetcher): the lm_head (vocab x width) and c_fc (4*width x width) are stored column-major (strides
+    (1, out)), the others stay as they are. `raychat bench engine` shows the effect. For inference only: a
+    sharded optimizer's in-place gather needs row-major weights, so don't train a model after this (the engine
+    calls it only when asked to, `Engine(decode_layout=True|"auto")`). No-op on GPUs. `pick(weight) -> bool`,
+    when given, decides per weight (ColumnMajorPick times both layouts: which one a CPU's GEMV prefers differs
+    between machines). Returns how many weights were re-laid."""
+    if model.get_device().type != "cpu":
+        return 0
+    n = 0
+    for mod in model.modules():
+        w = mod.weight if isinstance(mod, Linear) else None
+        if w is not None and w.size(0) > w.size(1) and w.is_contiguous() and (pick is None or pick(w)):
+            w.data = w.data.t().contiguous().t()
+            n += 1
+    return n
 
 
 class ColumnMajorPick:
-    """For GPT.use_decode_layout(pick=...): does a one-row GEMV (a batch-1 decode step's matmul) run faster on
+    """For use_decode_layout(pick=...): does a one-row GEMV (a batch-1 decode step's matmul) run faster on
     this CPU with the weight stored column-major? Timed once per weight shape, both layouts interleaved, best of
     several rounds; the re-layout must win by 10% (it is a change to a shared model, so a tie keeps the layout
     training uses). A few tens of ms at engine start for a small model. On one AMD EPYC box column-major was
@@ -76,7 +152,7 @@ class GraphedDecode:
     GPU, set the pace (`benchmarks/RESULTS.md`, GPU section: ~7 ms a step at d12). A graph replays them in one
     call. Graphs need fixed shapes and no host reads, so the captured forward runs the model's static KV path
     (`cache.static`: attention over every cache position with a per-row length mask, positions gathered on the
-    device). Rows past the live ones are padded like holes (dummy token, length reset around the step). The
+    device). Rows past the live ones are padded like holes (dummy token, length restored after the step). The
     returned logits live in a static buffer that the next replay overwrites: consume them before the next step.
     """
 
@@ -129,12 +205,9 @@ class GraphedDecode:
         holes = holes + list(range(n, b))
         replay, idx, out = self.graphs[b]
         idx.copy_(torch.tensor(tokens + [0] * (b - n), dtype=torch.long).view(b, 1), non_blocking=True)
-        seqlens = self.runner.cache.seqlens
-        if holes:
-            seqlens[holes] = 0
+        saved = self.runner.park(holes)
         replay()
-        if holes:
-            seqlens[holes] = 0
+        self.runner.unpark(holes, saved)
         return out[:n]
 
 
@@ -152,8 +225,8 @@ class ModelRunner:
         self.model = model
         if decode_layout not in (True, False, "auto"):
             raise ValueError(f"decode_layout must be True, False or 'auto', got {decode_layout!r}")
-        if decode_layout and hasattr(model, "use_decode_layout"):
-            model.use_decode_layout(pick=ColumnMajorPick() if decode_layout == "auto" else None)
+        self.relaid = use_decode_layout(model, ColumnMajorPick() if decode_layout == "auto" else None) \
+            if decode_layout else 0
         self.device = model.get_device()
         self.max_batch_size = max_batch_size
         self.max_seq_len = max_seq_len
@@ -189,21 +262,93 @@ class ModelRunner:
         return v
 
     @torch.inference_mode()
-    def prefill(self, row: int, prompt: list[int]) -> torch.Tensor:
-        """Run the whole prompt through the model into slot `row`. Returns the last position's logits (1, V)."""
+    def prefill(self, row: int, tokens: list[int], start: int = 0, prev_token: int | None = None) -> torch.Tensor:
+        """Run `tokens` through the model into slot `row` at positions start.. (the row's first `start` positions
+        already hold the prompt's beginning: a reused prefix, or earlier chunks). prev_token: the token at
+        start - 1, whose embedding the smear feature mixes into the first new one. Returns the last position's
+        logits (1, V)."""
+        self._start_row(row, start, prev_token)
         v = self.view(row, row + 1)
-        v.seqlens.zero_()
-        if getattr(v, "prev_emb", None) is not None:
-            v.prev_emb.zero_()
-        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        idx = torch.tensor([tokens], dtype=torch.long, device=self.device)
         with inference_attention(self.device):
             logits = self.model(idx, kv_cache=v, last_only=True)  # (1, 1, V)
         return logits[:, -1]
 
     @torch.inference_mode()
-    def copy_row(self, src: int, dst: int) -> None:
-        """Duplicate a prefilled row (num_samples > 1 share one prefill)."""
-        self.cache.copy_row_from(self.cache, src, dst)
+    def step(self, prefills: list[tuple[int, list[int], int, int | None]], decode: tuple[list[int], list[int]] | None
+             ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """One engine step's device work: prefills [(row, tokens, start, prev_token)] (see prefill) and a decode
+        (tokens, holes) (see decode). Returns each prefill's last logits (1, V) and the decode's (n, V).
+
+        With both kinds of work and an eager decode, everything runs as one packed forward (kv_cache.PackedKV):
+        the decode rows and the prompt chunks share one pass over the weights, which on a CPU costs little more
+        than the decode alone for a chunk of a few dozen tokens (a decode step streams every weight for a
+        handful of rows) — chunked prefill then barely slows the running streams. With CUDA graphs the decode
+        replays its graph and the chunks run beside it."""
+        if decode is None or not prefills or self.graphed is not None or not getattr(self.model, "packs_kv", False):
+            logits = [self.prefill(*p) for p in prefills]
+            return logits, (self.decode(*decode) if decode is not None else None)
+        tokens, holes = decode
+        n = self.max_batch_size if self.decode_rows == "full" else len(tokens)
+        if n > len(tokens):
+            holes = holes + list(range(len(tokens), n))
+            tokens = tokens + [0] * (n - len(tokens))
+        for row, _, start, prev_token in prefills:
+            self._start_row(row, start, prev_token)
+        mine = {row for row, *_ in prefills}  # a prefilling row in the decode span: its chunk is written after
+        saved = self.park([h for h in holes if h not in mine])
+        parts = [(self.view(0, n), 1)] + [(self.view(row, row + 1), len(toks)) for row, toks, *_ in prefills]
+        flat = tokens + [t for _, toks, *_ in prefills for t in toks]
+        idx = torch.tensor([flat], dtype=torch.long, device=self.device)
+        with inference_attention(self.device):
+            logits = self.model(idx, kv_cache=PackedKV(parts))[:, -1]  # (n + len(prefills), V)
+        self.unpark([h for h in holes if h not in mine], saved)
+        for row, toks, start, _ in prefills:  # the decode part also advanced it by its dummy token
+            self.cache.seqlens[row] = start + len(toks)
+        return [logits[n + j: n + j + 1] for j in range(len(prefills))], logits[:n]
+
+    def _start_row(self, row: int, start: int, prev_token: int | None) -> None:
+        """Set a row up to extend from position `start`: its length, and the smear state of prev_token."""
+        v = self.view(row, row + 1)
+        v.seqlens.fill_(start)
+        if getattr(v, "prev_emb", None) is not None:
+            embed = getattr(self.model, "token_embedding", None)
+            if start == 0 or embed is None:
+                v.prev_emb.zero_()
+            else:  # the smear state is a function of the previous token alone: recompute it, never trust the row
+                v.prev_emb.copy_(embed(torch.tensor([[prev_token]], device=self.device))[:, 0])
+
+    @torch.inference_mode()
+    def copy_row(self, src: int, dst: int, n: int) -> None:
+        """Copy the first n positions of slot src into slot dst (a shared prefix; num_samples > 1 share one
+        prefill). The smear state is not copied: the next prefill recomputes it from the previous token."""
+        c = self.cache
+        for k, v in zip(c.k, c.v):
+            k[dst, :n].copy_(k[src, :n])
+            v[dst, :n].copy_(v[src, :n])
+        c.seqlens[dst] = n
+        if getattr(c, "prev_emb", None) is not None and n == int(c.seqlens[src]):
+            c.prev_emb[dst].copy_(c.prev_emb[src])
+
+    def set_length(self, row: int, n: int) -> None:
+        """The slot holds its first n positions (a freed slot's kept history, a reused prefix)."""
+        self.cache.seqlens[row] = n
+
+    def park(self, holes: list[int]):
+        """Before a decode step that feeds holes a dummy token: their lengths and smear state, to restore."""
+        if not holes:
+            return None
+        c = self.cache
+        prev = getattr(c, "prev_emb", None)
+        return c.seqlens[holes].clone(), (prev[holes].clone() if prev is not None else None)
+
+    def unpark(self, holes: list[int], saved) -> None:
+        if saved is None:
+            return
+        c = self.cache
+        c.seqlens[holes] = saved[0]
+        if saved[1] is not None:
+            c.prev_emb[holes] = saved[1]
 
     @torch.inference_mode()
     def decode(self, tokens: list[int], holes: list[int]) -> torch.Tensor:
@@ -216,12 +361,10 @@ class ModelRunner:
             holes = holes + list(range(len(tokens), n))
             tokens = tokens + [0] * (n - len(tokens))
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device).view(n, 1)
-        if holes:  # a freed slot may still hold a full-length row: its dummy token must not overflow the cache
-            self.cache.seqlens[holes] = 0
+        saved = self.park(holes)  # a free slot keeps at most max_seq_len - 1 tokens: the dummy always fits
         with inference_attention(self.device):
             logits = self.model(idx, kv_cache=self.view(0, n))  # (n, 1, V)
-        if holes:
-            self.cache.seqlens[holes] = 0
+        self.unpark(holes, saved)
         return logits[:, -1]
 
     @torch.inference_mode()

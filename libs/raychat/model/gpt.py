@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from raychat.model.attention import attend, attend_kvcache, kvcache_mask
+from raychat.model.attention import attend, attend_kvcache
+from raychat.model.kv_cache import PackedKV, join_tokens, split_tokens
 
 
 @dataclass
@@ -134,6 +135,8 @@ class Attention(nn.Module):
         self.ve_gate = Linear(self.ve_gate_channels, self.n_kv_head) if config.has_value_embed(layer_idx) else None
 
     def forward(self, x, ve, cos, sin, window, kv=None):
+        """kv: None (training: causal attention over x), or (segments, packed) from the KV cache, which carry
+        each segment's rotary slices, positions and masks (cos, sin are then unused)."""
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -141,19 +144,26 @@ class Attention(nn.Module):
         if ve is not None:  # v + 2 * sigmoid(gate) * ve, gate (B, T, H_kv) per KV head
             gate = torch.sigmoid(self.ve_gate(x[..., : self.ve_gate_channels]))
             v = torch.addcmul(v, gate.unsqueeze(-1), ve.view(B, T, self.n_kv_head, self.head_dim), value=2)
+        if kv is None:
+            y = attend(*self._rotary_qk(q, k, cos, sin), v, window)
+        else:
+            segs, packed = kv
+            i, ys = self.layer_idx, []
+            for s, qs, ks, vs in zip(segs, split_tokens(segs, q, packed), split_tokens(segs, k, packed),
+                                     split_tokens(segs, v, packed)):
+                qs, ks = self._rotary_qk(qs, ks, s.cos, s.sin)
+                mask = s.masks[window] if s.masks is not None else None
+                ys.append(attend_kvcache(qs, ks, vs, s.cache.k[i], s.cache.v[i], s.cache.seqlens, window,
+                                         s.positions, mask, s.L))
+            y = join_tokens(ys, packed)
+        return self.c_proj(y.reshape(B, T, -1))
+
+    def _rotary_qk(self, q, k, cos, sin):
         # RoPE then QK-norm, on q and k together (one rotary and one norm instead of two each)
         qk = norm(apply_rotary(torch.cat([q, k], dim=2), cos, sin))
         if self.qk_scale != 1.0:
             qk = qk * self.qk_scale
-        q, k = qk.split([self.n_head, self.n_kv_head], dim=2)
-        if kv is None:
-            y = attend(q, k, v, window)
-        else:
-            cache, positions, masks, L = kv
-            i = self.layer_idx
-            mask = masks[window] if masks is not None else None
-            y = attend_kvcache(q, k, v, cache.k[i], cache.v[i], cache.seqlens, window, positions, mask, L)
-        return self.c_proj(y.reshape(B, T, -1))
+        return qk.split([self.n_head, self.n_kv_head], dim=2)
 
 
 class MLP(nn.Module):
@@ -178,6 +188,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    packs_kv = True  # forward takes a kv_cache.PackedKV (the engine's runner asks before packing a step)
+
     def __init__(self, config: GPTConfig, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.config = config
@@ -247,33 +259,15 @@ class GPT(nn.Module):
         self.cos.copy_(torch.cat([c, c], dim=-1))
         self.sin.copy_(torch.cat([s, -s], dim=-1))
 
-    @torch.no_grad()
-    def use_decode_layout(self, pick=None) -> int:
-        """Re-lay Linear weights for CPU decoding, in place; values, shapes and state_dict keys are unchanged.
-
-        A decode step multiplies one row vector by every weight (a GEMV), which streams the weight from memory;
-        on CPU it streams about twice as fast when the weight's longer dimension is contiguous (long rows suit
-        the prefetcher): the lm_head (vocab x width) and c_fc (4*width x width) are stored column-major
-        (strides (1, out)), the others stay as they are. `raychat bench engine` shows the effect. For inference:
-        a sharded optimizer's in-place gather needs row-major weights, so don't train a model after this (the
-        engine calls it only when asked to, `Engine(decode_layout=True|"auto")`). No-op on GPUs. `pick(weight)
-        -> bool`, when given, decides per weight (the engine's "auto" times both layouts: which one a CPU's GEMV
-        prefers differs between machines). Returns how many weights were re-laid."""
-        if self.get_device().type != "cpu":
-            return 0
-        n = 0
-        for mod in self.modules():
-            w = mod.weight if isinstance(mod, Linear) else None
-            if w is not None and w.size(0) > w.size(1) and w.is_contiguous() and (pick is None or pick(w)):
-                w.data = w.data.t().contiguous().t()
-                n += 1
-        return n
-
     def set_compute_dtype(self, dtype: torch.dtype) -> None:
         self.compute_dtype = dtype
 
     def get_device(self) -> torch.device:
         return self.wte.weight.device
+
+    def token_embedding(self, idx: torch.Tensor) -> torch.Tensor:
+        """The normed token embedding the blocks start from (and the smear state a KV cache keeps per row)."""
+        return norm(self.wte(idx).to(self.compute_dtype))
 
     # ---- parameter accounting -------------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -313,52 +307,38 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
                 loss_reduction: str = "mean", last_only: bool = False):
         """-> loss (targets given) or logits (B, T, V) float32; last_only: logits of the last position only
-        (B, 1, V), e.g. for a prefill, where the vocab projection of every prompt position would be wasted."""
+        (B, 1, V), e.g. for a prefill, where the vocab projection of every prompt position would be wasted.
+        kv_cache: a KVCache (or a view of some of its rows): the new tokens extend each row from its length;
+        or a PackedKV: idx is (1, N), several row ranges packed, and the logits are those of each row's last
+        new token, (rows, 1, V)."""
         B, T = idx.shape
         dt = self.compute_dtype
-        p0 = None  # the start position when one cached row is extended (the slice path)
-        static = getattr(kv_cache, "static", False)  # set on the cache views CUDA graphs capture (engine runner)
+        kv = None
         if kv_cache is None:
             if T > self.cos.size(0):
                 raise ValueError(f"sequence of {T} tokens exceeds the rotary table ({self.cos.size(0)})")
             cos, sin = self.cos[None, :T, None].to(dt), self.sin[None, :T, None].to(dt)
-            kv = None
-        elif B == 1 and not static:  # one row: positions are a slice, attention needs no index tensors or masks
-            p0 = int(kv_cache.seqlens[0])
-            L = p0 + T
-            if L > min(kv_cache.max_seq_len, self.cos.size(0)):
-                raise ValueError(f"KV cache overflow: {L} positions needed, cache holds {kv_cache.max_seq_len}")
-            cos, sin = self.cos[None, p0:L, None].to(dt), self.sin[None, p0:L, None].to(dt)
-            kv = (kv_cache, p0, None, L)
-        else:
-            start = kv_cache.seqlens.long()
-            positions = start[:, None] + torch.arange(T, device=idx.device)[None, :]  # (B, T)
-            if static:
-                # fixed shapes, no host reads (CUDA-graph capture): attend over every cache position, masked by
-                # the per-row lengths on the device; the caller guarantees that seqlens + T fits the cache
-                L = kv_cache.max_seq_len
-            else:
-                L = int(start.max()) + T
-                if L > min(kv_cache.max_seq_len, self.cos.size(0)):
-                    raise ValueError(f"KV cache overflow: {L} positions needed, cache holds {kv_cache.max_seq_len}")
-            cos, sin = self.cos[positions][:, :, None].to(dt), self.sin[positions][:, :, None].to(dt)
-            masks = {w: kvcache_mask(kv_cache.seqlens, T, L, w) for w in set(self.windows)}
-            kv = (kv_cache, positions, masks, L)
+        else:  # the cache computes positions, rotary slices and masks: one path for every cached forward
+            packed = isinstance(kv_cache, PackedKV)
+            segs = kv_cache.segments(T, self.cos, self.sin, self.windows, dt)
+            kv, cos, sin = (segs, packed), None, None
 
-        x = norm(self.wte(idx).to(dt))
+        x = self.token_embedding(idx)
         if self.config.smear:
-            if kv_cache is None:
+            if kv is None:
                 prev = F.pad(x[:, :-1], (0, 0, 1, 0))
             else:  # the token before the first new one is the cached row's last embedding (none for a fresh row)
-                if p0 is not None:
-                    first = kv_cache.prev_emb[:, None] if p0 > 0 else torch.zeros_like(x[:, :1])
-                else:
-                    first = kv_cache.prev_emb[:, None] * (kv_cache.seqlens > 0)[:, None, None]
-                prev = first.to(dt) if T == 1 else torch.cat([first.to(dt), x[:, :-1]], dim=1)
+                parts = split_tokens(segs, x, packed)
+                prevs = []
+                for s, xs in zip(segs, parts):
+                    first = (s.cache.prev_emb[:, None] * (s.cache.seqlens > 0)[:, None, None]).to(dt)
+                    prevs.append(first if s.T == 1 else torch.cat([first, xs[:, :-1]], dim=1))
+                prev = join_tokens(prevs, packed)
             g = torch.sigmoid(x[..., : self.smear_channels] @ self.smear_gate.to(dt))  # (B, T)
             smeared = x + (self.smear_lambda.to(dt) * g).unsqueeze(-1) * prev
-            if kv_cache is not None:  # after the read above: prev may be a view of prev_emb
-                kv_cache.prev_emb.copy_(x[:, -1])
+            if kv is not None:  # after every read above: prev may be a view of prev_emb
+                for s, xs in zip(segs, parts):
+                    s.cache.prev_emb.copy_(xs[:, -1])
             x = smeared
         x0 = x
         x_mid = None
@@ -372,8 +352,11 @@ class GPT(nn.Module):
         if self.config.backout and x_mid is not None:
             x = x - self.backout_lambda.to(dt) * x_mid
         x = norm(x)
-        if kv_cache is not None:
-            kv_cache.seqlens += T
+        if kv is not None:
+            for s in segs:
+                s.cache.seqlens += s.T
+            if packed:  # each row's last new token
+                x = torch.cat([xs[:, -1] for xs in split_tokens(segs, x, True)])[:, None]
         if last_only:
             x = x[:, -1:]
 

@@ -41,7 +41,18 @@ def add_arguments(p):
     p.add_argument("--api-key", default=None,
                    help="require this key on every route but /health (default: $RAYCHAT_API_KEY; unset = open)")
     p.add_argument("--model-name", default=None, help="model id reported by /v1/models (default raychat-<stage>)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together per engine replica")
+    p.add_argument("--max-batch-size", type=int, default=64,
+                   help="sequences decoded together per engine replica at most (vLLM's --max-num-seqs)")
+    p.add_argument("--kv-cache-memory", type=_bytes, default=None,
+                   help="KV-cache memory per replica, e.g. 2GiB, 512MiB or bytes (default: "
+                        "--gpu-memory-utilization on a GPU, 2GiB on CPU); slots = what fits, <= --max-batch-size")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="share of the GPU's memory a replica may use, weights included, as vLLM's flag")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="prompt tokens prefilled per engine step beside decoding (chunked prefill; default 32 on "
+                        "CPU, 512 on a GPU); 0 = whole prompts, a step prefills or decodes")
+    p.add_argument("--no-prefix-caching", action="store_true",
+                   help="prefill every prompt in full (default: reuse the KV cache of a matching prefix)")
     p.add_argument("--max-seq-len", type=int, default=None, help="context per sequence (default: the model's)")
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per engine replica (fractions ok)")
     p.add_argument("--num-gpus", type=float, default=None,
@@ -53,6 +64,23 @@ def add_arguments(p):
                    help="Ray cluster address to join (e.g. auto); default: start a local Ray")
     for flag, (field, help_) in _LIMIT_FLAGS.items():
         p.add_argument(flag, type=int, default=getattr(Limits(), field), help=help_)
+
+
+def _bytes(text: str) -> int:
+    """'2GiB', '512MiB', '1.5GB', '1000000' -> bytes (argparse turns the ValueError into a usage error)."""
+    units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
+    t = text.strip().lower()
+    unit = next((u for u in units if t.endswith(u)), "b" if t.endswith("b") else "")
+    try:
+        n = float(t[: len(t) - len(unit)] if unit else t) * units.get(unit, 1)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 2GiB, 512MiB or a number of bytes)") from None
+    if not n >= 1:
+        raise ValueError(f"size must be at least 1 byte, got {text!r}")
+    return int(n)
+
+
+_bytes.__name__ = "size"  # argparse names the type in its error: "invalid size value: 'x'"
 
 
 def config_from_args(args):
@@ -69,7 +97,9 @@ def config_from_args(args):
                            autoscaling=autoscaling, api_key=args.api_key or os.environ.get("RAYCHAT_API_KEY"),
                            limits=Limits(**limits), max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
                            num_cpus=args.replica_cpus, num_gpus=args.num_gpus, device=args.device,
-                           enforce_eager=args.enforce_eager)
+                           enforce_eager=args.enforce_eager, kv_cache_memory=args.kv_cache_memory,
+                           gpu_memory_utilization=args.gpu_memory_utilization,
+                           prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching)
     except (ValueError, TypeError) as e:
         raise RaychatError(str(e)) from None
 

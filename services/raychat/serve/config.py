@@ -19,6 +19,11 @@ from pathlib import Path
 from raychat.serve.protocol import Limits
 
 STAGES = ("base", "sft", "rl")
+DEFAULT_CPU_KV_CACHE_MEMORY = 2 * 2**30  # as vLLM's CPU backend, a fixed space (its default is 4 GiB)
+# A chunk shares its step with the decode: on a CPU a d4 decode step of 7 rows costs about what 32 prompt
+# tokens do (benchmarks/RESULTS.md, engine section), so 32 keeps a stream's slowest gap near 2x its median;
+# a GPU has compute to spare for a decode step, so its chunks are vLLM-sized.
+DEFAULT_PREFILL_CHUNK = {"cpu": 32, "cuda": 512}
 # Ray Serve AutoscalingConfig fields we pass through (others are rejected so a typo does not vanish)
 AUTOSCALING_KEYS = ("min_replicas", "initial_replicas", "max_replicas", "target_ongoing_requests",
                     "metrics_interval_s", "look_back_period_s", "upscale_delay_s", "downscale_delay_s",
@@ -38,7 +43,13 @@ class ServeConfig:
     autoscaling: dict | None = None      # Ray Serve autoscaling_config; None = fixed `replicas`
     api_key: str | None = None           # protects every route except /health (None = open)
     limits: Limits = field(default_factory=Limits)
-    max_batch_size: int = 8              # sequences decoded together per engine (continuous batching)
+    max_batch_size: int = 64             # sequences decoded together per engine at most (vLLM's max_num_seqs)
+    kv_cache_memory: int | None = None   # KV-cache bytes per engine (None: gpu_memory_utilization on a GPU,
+                                         # DEFAULT_CPU_KV_CACHE_MEMORY on CPU); slots = min(fit, max_batch_size)
+    gpu_memory_utilization: float = 0.9  # share of the GPU's memory an engine may use, weights included (vLLM's)
+    prefix_caching: bool = True          # a prompt starting with cached tokens prefills only the rest
+    prefill_chunk: int | None = None     # prompt tokens prefilled per engine step beside decoding (chunked
+                                         # prefill); 0 = off, None = DEFAULT_PREFILL_CHUNK for the device
     max_seq_len: int | None = None       # context per sequence (None = the model's sequence_len)
     max_ongoing_requests: int | None = None  # Serve's per-replica cap (None = 2 * max_batch_size)
     num_cpus: float = 1.0                # CPUs per engine replica (fractional is fine on CPU)
@@ -68,6 +79,13 @@ class ServeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.kv_cache_memory is not None and (isinstance(self.kv_cache_memory, bool) or self.kv_cache_memory < 1):
+            raise ValueError(f"kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.prefill_chunk is not None and self.prefill_chunk < 0:
+            raise ValueError(f"prefill_chunk must be >= 0 (0: whole prompts, None: the device's default), got "
+                             f"{self.prefill_chunk}")
         if self.max_seq_len is not None and self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2, got {self.max_seq_len}")
         if self.max_ongoing_requests is None:
@@ -102,6 +120,15 @@ class ServeConfig:
                                  f"({self.max_ongoing_requests}): replicas would never look busy enough to scale")
         if self.model_name is None:
             self.model_name = f"raychat-{self.stage}"
+
+    def engine_options(self, device_type: str) -> dict:
+        """The Engine's KV-cache keyword arguments on a device of this type."""
+        memory = {"kv_cache_memory": self.kv_cache_memory}
+        if self.kv_cache_memory is None:
+            memory = ({"gpu_memory_utilization": self.gpu_memory_utilization} if device_type == "cuda"
+                      else {"kv_cache_memory": DEFAULT_CPU_KV_CACHE_MEMORY})
+        chunk = DEFAULT_PREFILL_CHUNK.get(device_type, 32) if self.prefill_chunk is None else self.prefill_chunk
+        return {**memory, "prefix_caching": self.prefix_caching, "prefill_chunk": chunk or None}
 
     @property
     def model_path(self) -> str:

@@ -64,14 +64,15 @@ class ChatService:
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_seq_len: int | None = None,
                  default_max_tokens: int = 512, model_name: str = "raychat", meta: dict | None = None,
-                 device: str = "cpu", enforce_eager: bool = False):
+                 device: str = "cpu", enforce_eager: bool = False, engine_options: dict | None = None):
         from raychat.engine import AsyncEngine, Engine
 
         if tokenizer is None:
             raise ApiError("checkpoint has no tokenizer/ directory beside it", status=500, code="internal")
         self.tokenizer = tokenizer
         self.engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                             decode_layout="auto", cuda_graphs=False if enforce_eager else None)
+                             decode_layout="auto", cuda_graphs=False if enforce_eager else None,
+                             **(engine_options or {}))
         self.aengine = AsyncEngine(self.engine)
         self.context = self.engine.max_seq_len
         self.default_max_tokens = default_max_tokens
@@ -96,7 +97,8 @@ class ChatService:
                                       device=info.device, dtype=info.dtype)
         return cls(model, tok, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
                    default_max_tokens=config.limits.default_max_tokens, model_name=config.model_name, meta=meta,
-                   device=info.describe(), enforce_eager=config.enforce_eager)
+                   device=info.describe(), enforce_eager=config.enforce_eager,
+                   engine_options=config.engine_options(info.device.type))
 
     def info(self) -> dict:
         cfg = self.engine.model.config
@@ -107,8 +109,7 @@ class ChatService:
 
     def stats(self) -> dict:
         s = self.aengine.stats()
-        return {"replica": self.replica, "running": s.get("running", 0), "waiting": s.get("waiting", 0),
-                "kv_cache_usage": s.get("kv_cache_usage", 0.0)}
+        return {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, **s, "replica": self.replica}
 
     def shutdown(self) -> None:
         self.aengine.shutdown()

@@ -5,7 +5,8 @@ Where each number comes from, given Ray Serve's process model (the ingress and e
 separate processes, each with its own prometheus_client state):
 - request-level histograms and counters are recorded in the *ingress* (it sees every token stream go by,
   so TTFT/ITL/E2E are what a client experiences, Serve hop included);
-- engine gauges (running, waiting, KV-cache usage) live in the engine replicas: the ingress asks every
+- engine gauges (running, waiting, KV-cache usage and capacity) and the prefix-cache counters live in the
+  engine replicas: the ingress asks every
   replica for them (`handle.broadcast("stats")`) when /metrics is scraped, and exports one series per
   replica (label `replica`), so `sum()`/`max()` in a dashboard work as with vLLM's per-engine label.
 With several ingress replicas each scrape reaches one of them; for cluster-wide totals scrape Ray's own
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # The exposition names (counters with their _total suffix). deploy/ tests check Grafana dashboards against
 # this tuple, so a renamed metric cannot silently blank a panel.
@@ -36,6 +37,12 @@ METRIC_NAMES = (
     "raychat:num_requests_running",
     "raychat:num_requests_waiting",
     "raychat:kv_cache_usage_perc",
+    "raychat:kv_cache_budget_bytes",
+    "raychat:kv_cache_capacity_tokens",
+    "raychat:kv_cache_slots",
+    "raychat:prefix_cache_cached_tokens",
+    "raychat:prefix_cache_queries_total",
+    "raychat:prefix_cache_hits_total",
 )
 
 # vLLM's buckets, extended downwards for small models on CPU (milliseconds matter there too)
@@ -50,7 +57,9 @@ QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 class _EngineGauges:
-    """Custom collector: the engine gauges as of the last stats pull, one series per replica."""
+    """Custom collector: the engine gauges and counters as of the last stats pull, one series per replica.
+    The prefix-cache counters count prompt tokens, as vLLM's: queries = tokens looked up, hits = tokens reused
+    (not prefilled again), so hits/queries is the token hit rate and hits_total the reused tokens."""
 
     def __init__(self, model_name: str):
         self.model_name = model_name
@@ -60,12 +69,24 @@ class _EngineGauges:
         specs = (("raychat:num_requests_running", "Requests in the engine's running batch.", "running"),
                  ("raychat:num_requests_waiting", "Requests waiting for a batch slot in the engine.", "waiting"),
                  ("raychat:kv_cache_usage_perc", "KV-cache usage, 0..1 (fraction of slots x positions in use).",
-                  "kv_cache_usage"))
-        for name, doc, key in specs:
-            g = GaugeMetricFamily(name, doc, labels=["model_name", "replica"])
-            for s in self.stats:
-                g.add_metric([self.model_name, str(s.get("replica", "0"))], float(s.get(key, 0.0)))
-            yield g
+                  "kv_cache_usage"),
+                 ("raychat:kv_cache_budget_bytes", "Memory budget the KV cache was sized from.",
+                  "kv_cache_budget_bytes"),
+                 ("raychat:kv_cache_capacity_tokens", "KV-cache positions allocated (slots x context).",
+                  "kv_cache_capacity_tokens"),
+                 ("raychat:kv_cache_slots", "KV-cache slots: sequences that can run at once.", "kv_cache_slots"),
+                 ("raychat:prefix_cache_cached_tokens", "Tokens held in the KV cache (running and reusable).",
+                  "kv_cache_cached_tokens"))
+        counters = (("raychat:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                     "prefix_cache_queries"),
+                    ("raychat:prefix_cache_hits", "Prompt tokens found in the prefix cache (reused, not prefilled).",
+                     "prefix_cache_hits"))
+        for family, group in ((GaugeMetricFamily, specs), (CounterMetricFamily, counters)):
+            for name, doc, key in group:
+                g = family(name, doc, labels=["model_name", "replica"])
+                for s in self.stats:
+                    g.add_metric([self.model_name, str(s.get("replica", "0"))], float(s.get(key, 0.0)))
+                yield g
 
 
 class ServeMetrics:
