@@ -53,14 +53,17 @@ class Limits:
     max_stop: int = 4                       # OpenAI `stop` strings per request
     max_frame_bytes: int = 262_144          # one WebSocket frame or one HTTP request body (bytes)
     max_concurrent_requests: int = 128      # generations in flight per ingress replica; beyond -> 429/overloaded
-    max_concurrent_per_client: int = 0      # generations in flight per client IP (0 = no per-client bound)
+    max_concurrent_per_client: int = 16     # generations in flight per client IP (0 = no per-client bound)
     max_connections: int = 512              # open WebSockets per ingress replica
+    max_connections_per_client: int = 32    # open WebSockets per client IP (0 = no per-client bound)
+    ws_idle_timeout_s: float = 120.0        # a WebSocket with no chat running that sends nothing this long is closed
     retry_after_s: int = 1                  # Retry-After seconds on 429/503
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            lo = 0 if f.name in ("max_concurrent_per_client", "max_top_k") else 1
+            lo = 0 if f.name in ("max_concurrent_per_client", "max_connections_per_client", "max_top_k") else 1
+            lo = 0.01 if f.name == "ws_idle_timeout_s" else lo
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < lo:
                 raise ValueError(f"limits.{f.name} must be a number >= {lo}, got {v!r}")
         if self.max_message_chars > self.max_total_chars:
@@ -79,8 +82,9 @@ class ApiError(Exception):
     """A refused request. `code` is the machine-readable reason; `status` the HTTP status; `ws_code` the
     WebSocket error code it maps to. Raised by validation and handlers, rendered by api.py."""
 
-    _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-              405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+    _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+              404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+              415: "invalid_request_error", 429: "rate_limit_error",
               503: "service_unavailable", 500: "internal_error"}
 
     def __init__(self, message: str, code: str = "invalid_value", status: int = 400, param: str | None = None):
@@ -95,8 +99,8 @@ class ApiError(Exception):
     def ws_code(self) -> str:
         if self.code == "context_length_exceeded":
             return "context_length_exceeded"
-        return {401: "unauthorized", 429: "overloaded", 503: "overloaded", 500: "internal"}.get(self.status,
-                                                                                              "bad_request")
+        return {401: "unauthorized", 403: "unauthorized", 429: "overloaded", 503: "overloaded",
+                500: "internal"}.get(self.status, "bad_request")
 
     def body(self) -> dict:
         return ErrorResponse(error=ErrorInfo(message=self.message, type=self.type, code=self.code,
