@@ -187,6 +187,7 @@ def test_without_a_key_csrf_posts_are_refused(tmp_path):
     assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_origin"
     r = c.post("/v1/chat/completions", content=body, headers={"content-type": "application/json; charset=utf-8"})
     assert r.status_code == 200
+    assert c.post("/v1/chat/completions", content=body).status_code == 200  # no Content-Type: JSON, as FastAPI
 
 
 @pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "[::2]:80", "x:y:z"])

@@ -23,6 +23,7 @@ from raychat.serve.protocol import Limits
 _LIMIT_FLAGS = {  # flag -> (Limits field, help)
     "--max-concurrent-requests": ("max_concurrent_requests", "generations in flight per ingress before 429"),
     "--max-concurrent-per-client": ("max_concurrent_per_client", "generations in flight per client IP, 0 = off"),
+    "--max-connections-per-client": ("max_connections_per_client", "open WebSockets per client IP, 0 = off"),
     "--max-messages": ("max_messages", "messages per request"),
     "--max-message-chars": ("max_message_chars", "characters per message"),
     "--max-total-chars": ("max_total_chars", "characters over all messages of a request"),

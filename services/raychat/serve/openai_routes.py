@@ -8,6 +8,7 @@ integer of more than 4,300 digits, nesting deep enough for a RecursionError, a l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -138,12 +139,19 @@ def add_openai_routes(app, api) -> None:
                            code="model_not_found", status=404, param="model")
 
     async def counted(handler, request: Request):
-        """One generation request: counted in requests_total, a refusal before its stream counted once."""
+        """One generation request: counted in requests_total; before its TokenStream exists, a refusal counts
+        as a failure and a handler cancelled by a leaving client (Ray Serve cancels it) as cancelled."""
         api.metrics.observe_request()
+        t0 = time.perf_counter()
+        request.state.streams = []
         try:
-            return await handler(request, time.perf_counter())
+            return await handler(request, t0)
         except ApiError as e:
             record_failure(api.metrics, e)
+            raise
+        except asyncio.CancelledError:
+            if not request.state.streams:
+                api.metrics.observe_finished("cancelled", 0, 0, time.perf_counter() - t0)
             raise
 
     @app.get("/v1/models")
@@ -157,6 +165,7 @@ def add_openai_routes(app, api) -> None:
         req: ChatCompletionRequest = await read_body(request, ChatCompletionRequest, limits.max_frame_bytes)
         check_model(req.model)
         ts = TokenStream(api, chat_request_from_openai(req, limits), client_addr(request), t0)
+        request.state.streams.append(ts)
         await ts.open()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -182,6 +191,7 @@ def add_openai_routes(app, api) -> None:
             if len(reqs) != 1:
                 raise ApiError("stream=true takes a single prompt", param="prompt")
             ts = TokenStream(api, reqs[0], client_addr(request), t0)
+            request.state.streams.append(ts)
             await ts.open()
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _SSEResponse(ts, _completion_chunks(ts, config.model_name, include_usage))
@@ -190,6 +200,7 @@ def add_openai_routes(app, api) -> None:
             if i:
                 api.metrics.observe_request()  # each prompt is its own generation, with its own outcome
             ts = TokenStream(api, r, client_addr(request), t0)
+            request.state.streams.append(ts)
             await ts.open()
             try:
                 text = "".join([ev["text"] async for ev in ts if ev["type"] == "token"])

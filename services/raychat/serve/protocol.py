@@ -53,9 +53,9 @@ class Limits:
     max_stop: int = 4                       # OpenAI `stop` strings per request
     max_frame_bytes: int = 262_144          # one WebSocket frame or one HTTP request body (bytes)
     max_concurrent_requests: int = 128      # generations in flight per ingress replica; beyond -> 429/overloaded
-    max_concurrent_per_client: int = 16     # generations in flight per client IP (0 = no per-client bound)
+    max_concurrent_per_client: int = 64     # generations in flight per client IP (0 = off); half the global bound
     max_connections: int = 512              # open WebSockets per ingress replica
-    max_connections_per_client: int = 32    # open WebSockets per client IP (0 = no per-client bound)
+    max_connections_per_client: int = 256   # open WebSockets per client IP (0 = off); half the global bound
     ws_idle_timeout_s: float = 120.0        # a WebSocket with no chat running that sends nothing this long is closed
     retry_after_s: int = 1                  # Retry-After seconds on 429/503
 

@@ -18,8 +18,9 @@ otherwise drive the model, so these hold whether or not a key is set:
 - Origin check: a WebSocket or POST whose Origin is another site is refused unless that origin is listed in
   `allowed_origins` (with a key set, an explicit key - header, subprotocol, query - is accepted from anywhere;
   the cookie only from the same origin).
-- CSRF: POSTs to /v1 must be `Content-Type: application/json`; a browser cannot send that cross-site without a
-  CORS preflight, which this server never grants (a `text/plain` form post is refused with 415).
+- CSRF: a POST to /v1 with a Content-Type must be JSON (none is read as JSON, as FastAPI does); a browser cannot
+  send JSON cross-site without a CORS preflight, which this server never grants, so the `text/plain` and form
+  posts a foreign page can make are refused with 415 (and any cross-site POST carries an Origin: 403 above).
 - Headers on every answer: a Content-Security-Policy with `frame-ancestors 'none'` (no clickjacking; a <meta>
   CSP cannot set frame-ancestors), X-Frame-Options, nosniff, no-referrer.
 """
@@ -113,7 +114,7 @@ def install_http_guard(app, api) -> None:
                 return _refuse(api, ApiError("cross-origin requests are not allowed (set allowed_origins to add "
                                              "that origin)", code="invalid_origin", status=403))
             ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if path.startswith("/v1/") and ctype != "application/json":
+            if path.startswith("/v1/") and ctype and ctype != "application/json" and not ctype.endswith("+json"):
                 return _refuse(api, ApiError(f"Content-Type must be application/json, got {ctype or 'none'!r}",
                                              code="unsupported_media_type", status=415))
         response = await _authenticated(request, call_next)

@@ -123,6 +123,8 @@ async def ws_session(api, ws: WebSocket) -> None:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the socket is gone either way
                 pass
+        if current[0] is not None:  # a chat task cancelled before it ever ran never reached its finally
+            await current[0].close()
 
 
 def _chat_request(api, msg: dict, task: asyncio.Task | None, current: list) -> dict | None:
