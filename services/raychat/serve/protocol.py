@@ -25,6 +25,7 @@ overloaded, 503 (Retry-After) while the model loads. A context overflow is a 400
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
@@ -122,11 +123,16 @@ def context_length_error(context: int, prompt_tokens: int, max_tokens: int | Non
     return ApiError(msg, code="context_length_exceeded", param="messages")
 
 
+_UNION_TAG = re.compile(r"str|int|float|bool|list\[.*\]|dict\[.*\]")
+
+
 def pydantic_error(e: ValidationError, skip: int = 0) -> ApiError:
     """First validation error as one readable line: `messages.0.role: Input should be 'system', ...`.
     `skip` drops leading location parts (the tag of a discriminated union)."""
-    err = e.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in list(err.get("loc", ()))[skip:])
+    errs = e.errors(include_url=False)
+    # a union (str | list of parts) reports one error per member: the deepest one says what is wrong
+    err = max(errs, key=lambda x: len(x.get("loc", ())))
+    loc = ".".join(str(p) for p in list(err.get("loc", ()))[skip:] if not _UNION_TAG.fullmatch(str(p)))
     got = err.get("input")
     got_s = "" if err.get("type") == "missing" or isinstance(got, dict | list) else f" (got {got!r:.60})"
     return ApiError(f"{loc or 'request'}: {err.get('msg', 'invalid value')}{got_s}", code="invalid_value",
