@@ -214,6 +214,16 @@ def test_host_names_allowed_by_default_and_by_config(tmp_path):
     assert wide.get("/v1/models", headers={"host": "10.1.2.3:8000"}).status_code == 200
 
 
+def test_serve_deploy_apps_answer_any_host_unless_told(tmp_path):
+    """`serve deploy` binds through Serve's http_options (0.0.0.0 in deploy/), so ServeConfig.host says nothing
+    about the address: Prometheus scraping head:8000 must not get a 403."""
+    from raychat.serve.app import app_config
+    from raychat.serve.security import allowed_hosts
+
+    assert allowed_hosts(app_config({"run_dir": str(tmp_path)})) == ("*",)
+    assert allowed_hosts(app_config({"run_dir": str(tmp_path), "allowed_hosts": "chat.example"})) == ("chat.example",)
+
+
 def test_security_headers_are_sent_with_frame_ancestors(tmp_path):
     c = open_client(tmp_path)
     for r in (c.get("/"), c.get("/v1/models"), c.get("/nope")):
