@@ -101,6 +101,9 @@ def test_per_client_defaults_are_on_and_connections_per_client_are_bounded(tmp_p
     lim = Limits()
     assert 0 < lim.max_concurrent_per_client < lim.max_concurrent_requests
     assert 0 < lim.max_connections_per_client < lim.max_connections
+    wide = Limits(max_concurrent_requests=300, max_connections=40)  # half of the global bounds unless given
+    assert (wide.max_concurrent_per_client, wide.max_connections_per_client) == (150, 20)
+    assert Limits(max_concurrent_per_client=0).max_concurrent_per_client == 0  # off
     c = make(FakeClient(), tmp_path, max_connections_per_client=2)
     with c.websocket_connect("/ws/chat", headers=AUTH), c.websocket_connect("/ws/chat", headers=AUTH):
         with c.websocket_connect("/ws/chat", headers=AUTH) as ws3:

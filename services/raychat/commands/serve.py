@@ -22,8 +22,10 @@ from raychat.serve.protocol import Limits
 
 _LIMIT_FLAGS = {  # flag -> (Limits field, help)
     "--max-concurrent-requests": ("max_concurrent_requests", "generations in flight per ingress before 429"),
-    "--max-concurrent-per-client": ("max_concurrent_per_client", "generations in flight per client IP, 0 = off"),
-    "--max-connections-per-client": ("max_connections_per_client", "open WebSockets per client IP, 0 = off"),
+    "--max-concurrent-per-client": ("max_concurrent_per_client", "generations in flight per client IP, 0 = off "
+                                                                 "(default: half of --max-concurrent-requests)"),
+    "--max-connections-per-client": ("max_connections_per_client", "open WebSockets per client IP, 0 = off "
+                                                                   "(default: half of the 512 per ingress)"),
     "--max-messages": ("max_messages", "messages per request"),
     "--max-message-chars": ("max_message_chars", "characters per message"),
     "--max-total-chars": ("max_total_chars", "characters over all messages of a request"),
@@ -65,7 +67,8 @@ def add_arguments(p):
     p.add_argument("--ws-idle-timeout", type=float, default=Limits().ws_idle_timeout_s,
                    help="close a WebSocket with no chat running that sends nothing for this many seconds")
     for flag, (field, help_) in _LIMIT_FLAGS.items():
-        p.add_argument(flag, type=int, default=getattr(Limits(), field), help=help_)
+        per_client = field.endswith("_per_client")  # None: derived from the global bound (Limits)
+        p.add_argument(flag, type=int, default=None if per_client else getattr(Limits(), field), help=help_)
 
 
 def config_from_args(args):
