@@ -100,7 +100,7 @@ def cancel_on_disconnect(app):
 @pytest.fixture(scope="module")
 def server(tiny_run_dir):
     limits = Limits(max_concurrent_requests=64, max_concurrent_per_client=0, max_connections_per_client=0,
-                    ws_idle_timeout_s=1.0, default_max_tokens=16)
+                    ws_idle_timeout_s=3.0, default_max_tokens=16)
     cfg = ServeConfig(run_dir=str(tiny_run_dir), stage="sft", max_batch_size=MAX_BATCH, limits=limits,
                       port=_free_port())
     svc = ChatService.load(cfg)
@@ -254,3 +254,13 @@ def test_tiny_temperature_is_served_as_greedy(server):
                       timeout=60).json()
     assert tiny["choices"][0]["text"] == greedy["choices"][0]["text"] and tiny["usage"] == greedy["usage"]
 
+
+
+def test_the_replica_calculator_runs_in_a_child_process_with_a_deadline(server):
+    """What the engine forces after <|python_end|> comes from the replica's BoundedTool (tool_worker.py)."""
+    _, _, svc = server
+    tok, eng = svc.tokenizer, svc.engine
+    assert eng.tool_fn is svc.tool and svc.tool.timeout_s == 0.1 and svc.tool.proc.poll() is None
+    forced = eng._tool_tokens(tok.encode("6*7"))
+    assert tok.decode(forced[1:-1]) == "42"
+    assert forced[0] == tok.special_id("<|output_start|>") and forced[-1] == tok.special_id("<|output_end|>")

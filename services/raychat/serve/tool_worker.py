@@ -41,7 +41,10 @@ class BoundedTool:
         self._start()
 
     def _start(self) -> None:
-        env = dict(os.environ, RAYCHAT_TOOL_MEMORY_MB=str(self.memory_mb), RAYCHAT_TOOL_TARGET=self.target)
+        # the child must import what this process imports (a Ray worker's sys.path is not all in PYTHONPATH)
+        path = os.pathsep.join(p for p in sys.path if p)
+        env = dict(os.environ, PYTHONPATH=path, RAYCHAT_TOOL_MEMORY_MB=str(self.memory_mb),
+                   RAYCHAT_TOOL_TARGET=self.target)
         self.proc = subprocess.Popen([sys.executable, "-m", "raychat.serve.tool_worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
                                      env=env, start_new_session=True)
