@@ -8,19 +8,12 @@ and one pipeline (`Reply`, driven by `stream_reply`) serves the terminal chat, t
     reply = Reply(tokenizer, len(prompt), stop=["\\n\\n"])            # push-style, for an async engine stream
     deltas = reply.feed(event) ...; deltas = reply.finish()
 
-Files: reply.py (UTF-8-safe assembly of deltas and tool segments, stop strings, timing, the pipeline),
-render.py (prompts, the inline tool display, sampling settings).
+All of it lives in reply.py: prompts and sampling settings, UTF-8-safe assembly of deltas and tool segments,
+the inline tool display, stop strings, timing and the pipeline.
 """
 
-from raychat.chat.render import (
-    MIN_TEMPERATURE,
-    effective_temperature,
-    render_chat_prompt,
-    render_text_prompt,
-    sampling_params,
-    tool_text,
-)
 from raychat.chat.reply import (
+    MIN_TEMPERATURE,
     ChatDelta,
     Reply,
     ReplyAssembler,
@@ -28,8 +21,13 @@ from raychat.chat.reply import (
     StopMatcher,
     completion_events,
     display_text,
+    effective_temperature,
     engine_events,
+    render_chat_prompt,
+    render_text_prompt,
+    sampling_params,
     stream_reply,
+    tool_text,
 )
 
 __all__ = ["MIN_TEMPERATURE", "ChatDelta", "Reply", "ReplyAssembler", "ReplyTimer", "StopMatcher",
