@@ -44,7 +44,8 @@ def served(ray_session, tiny_run_dir):
     cfg = ServeConfig(run_dir=str(tiny_run_dir), stage="sft", port=_free_port(), api_key=KEY, num_cpus=0.5,
                       ingress_cpus=0.25, max_batch_size=4,
                       limits=Limits(max_concurrent_requests=MAX_INFLIGHT, max_messages=8, max_message_chars=2000,
-                                    max_total_chars=3000, max_frame_bytes=MAX_FRAME))
+                                    max_total_chars=3000, max_frame_bytes=MAX_FRAME,
+                                    max_concurrent_per_client=0))  # every test client is 127.0.0.1
     url = start(cfg, wait_ready_s=180)
     yield url, cfg
     serve.shutdown()
