@@ -19,8 +19,8 @@ def loaded(tiny_run_dir):
 
 def expected_reply(loaded, messages=None, raw_text=None, max_tokens=12):
     """What the CLI should print for a greedy reply: the engine's tokens, through the chat layer."""
+    from raychat.chat import ReplyAssembler
     from raychat.engine import Engine, SamplingParams
-    from raychat.engine.chat import ReplyAssembler
 
     model, tok = loaded
     eng = Engine(model, tok, max_batch_size=1)

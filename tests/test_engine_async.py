@@ -1,4 +1,4 @@
-"""AsyncEngine (background step loop + asyncio queues) and the chat layer (text deltas, tool segments)."""
+"""AsyncEngine: background step loop + asyncio queues (the chat layer above it: test_chat_layer.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 from scripted_model import ScriptedModel
 
 from raychat.engine import AsyncEngine, ContextLengthError, Engine, SamplingParams
-from raychat.engine.chat import ReplyAssembler, astream_chat, stream_chat
 from raychat.engine.sequence import TokenEvent
 from raychat.tokenizer import Tokenizer
 
@@ -90,68 +89,6 @@ def test_async_errors_raise_at_call_site():
 
     asyncio.run(main())
     aeng.shutdown()
-
-
-def test_reply_assembler_utf8_and_tool_segments():
-    text = "héllo 🙂 "
-    ids = TOK.encode(text) + [PY_S] + TOK.encode("6*7") + [PY_E, OUT_S] + TOK.encode("42") + [OUT_E]
-    ids += TOK.encode(" → 42") + [A_END]
-    asm = ReplyAssembler(TOK)
-    deltas = []
-    for t in ids:
-        deltas += asm.feed(TokenEvent(0, t, False, "stop" if t == A_END else None))
-    deltas += asm.finish()
-    for d in deltas:
-        assert "\ufffd" not in d.text  # no delta splits a multi-byte character
-    kinds = [d.type for d in deltas]
-    assert kinds.count("tool_call") == 1 and kinds.count("tool_result") == 1
-    assert next(d.text for d in deltas if d.type == "tool_call") == "6*7"
-    assert next(d.text for d in deltas if d.type == "tool_result") == "42"
-    assert "".join(d.text for d in deltas if d.type == "token") == "héllo 🙂  → 42"
-    assert asm.content() == [{"type": "text", "text": "héllo 🙂 "}, {"type": "python", "text": "6*7"},
-                             {"type": "python_output", "text": "42"}, {"type": "text", "text": " → 42"}]
-    # the rebuilt message re-renders to exactly the generated tokens
-    conv = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": asm.content()}]}
-    rendered, _ = TOK.render_conversation(conv)
-    assert rendered[-len(ids):] == ids
-
-
-def test_stream_chat_end_to_end_with_calculator_and_usage():
-    script = TOK.encode("Let me compute. ") + [PY_S] + TOK.encode("(2+3)*4") + [PY_E] + TOK.encode(" Done.") + [A_END]
-    eng = Engine(scripted(script), TOK)
-    msgs = [{"role": "user", "content": "what is (2+3)*4?"}]
-    deltas = list(stream_chat(eng, TOK, msgs, GREEDY))
-    assert [d.type for d in deltas if d.type != "token"] == ["tool_call", "tool_result", "done"]
-    assert next(d.text for d in deltas if d.type == "tool_result") == "20"
-    assert "".join(d.text for d in deltas if d.type == "token") == "Let me compute.  Done."
-    done = deltas[-1]
-    assert done.finish_reason == "stop"
-    n_prompt = len(TOK.render_for_completion({"messages": msgs}))
-    n_completion = len(script) + 4  # + <|output_start|> "2" "0" <|output_end|>
-    assert done.usage == {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
-                          "total_tokens": n_prompt + n_completion}
-    assert set(done.timings) == {"ttft_ms", "tokens_per_second", "total_ms"}
-
-    # closing the sync stream early cancels and frees the slot
-    it = stream_chat(eng, TOK, msgs, GREEDY)
-    next(it)
-    it.close()
-    assert not eng.has_work()
-
-
-def test_astream_chat():
-    eng = Engine(scripted(TOK.encode("async hello") + [A_END]), TOK)
-    aeng = AsyncEngine(eng)
-
-    async def main():
-        return [d async for d in astream_chat(aeng, TOK, [{"role": "user", "content": "hey"}], GREEDY)]
-
-    try:
-        deltas = asyncio.run(main())
-    finally:
-        aeng.shutdown()
-    assert "".join(d.text for d in deltas if d.type == "token") == "async hello"
-    assert deltas[-1].type == "done" and deltas[-1].usage["completion_tokens"] == len("async hello") + 1
 
 
 def test_async_step_failure_fails_streams_and_engine_recovers():

@@ -203,8 +203,8 @@ class RecordingGSM8K(GSM8K):
 
 
 def test_gsm8k_through_the_real_engine_with_tool_use(shared_data):
-    """A scripted model calls the calculator, the engine forces the result, and the eval grades the decoded text:
-    problem 1 (answer 3) passes, problem 0 (answer 18) does not."""
+    """A scripted model calls the calculator, the engine forces the result, and the eval grades the reply as the
+    chat layer shows it (tool use inline, GSM8K's own <<expr=result>>): problem 1 (answer 3) passes, 0 does not."""
     from scripted_model import ScriptedModel
 
     from raychat.engine import Engine
@@ -218,7 +218,7 @@ def test_gsm8k_through_the_real_engine_with_tool_use(shared_data):
     task = RecordingGSM8K("test", stop=2)
     res = run_chat_eval("GSM8K", model, TOK, engine, task=task, max_tokens=64, progress=False)
     assert (res["num_passed"], res["num_total"]) == (1, 2)
-    assert task.completions == ["<|python_start|>2+1<|python_end|><|output_start|>3<|output_end|> bolts\n#### 3"] * 2
+    assert task.completions == ["<<2+1=3>> bolts\n#### 3"] * 2
 
 
 def test_chatcore_by_hand():

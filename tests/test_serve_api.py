@@ -95,7 +95,8 @@ def make(client, tmp_path, api_key=KEY, **limits) -> TestClient:
     web.mkdir(exist_ok=True)
     (web / "index.html").write_text("<!doctype html><title>chat</title>")
     (web / "app.js").write_text("console.log(1)")
-    cfg = ServeConfig(run_dir=str(tmp_path), api_key=api_key, web_dir=str(web), limits=Limits(**limits))
+    cfg = ServeConfig(run_dir=str(tmp_path), api_key=api_key, web_dir=str(web), limits=Limits(**limits),
+                      allowed_hosts=["testserver"])  # TestClient's Host
     return TestClient(build_api(cfg, client))
 
 

@@ -44,7 +44,8 @@ def served(ray_session, tiny_run_dir):
     cfg = ServeConfig(run_dir=str(tiny_run_dir), stage="sft", port=_free_port(), api_key=KEY, num_cpus=0.5,
                       ingress_cpus=0.25, max_batch_size=4,
                       limits=Limits(max_concurrent_requests=MAX_INFLIGHT, max_messages=8, max_message_chars=2000,
-                                    max_total_chars=3000, max_frame_bytes=MAX_FRAME))
+                                    max_total_chars=3000, max_frame_bytes=MAX_FRAME,
+                                    max_concurrent_per_client=0))  # every test client is 127.0.0.1
     url = start(cfg, wait_ready_s=180)
     yield url, cfg
     serve.shutdown()
@@ -410,6 +411,29 @@ def test_sse_client_disconnect_cancels_in_the_engine(url):
     # generating for seconds), so running and waiting both return to zero
     g = wait_engine_idle(url)
     assert g["raychat:num_requests_running"] == 0 and g["raychat:num_requests_waiting"] == 0
+
+
+def test_clients_leaving_before_the_first_token_leak_no_capacity(url):
+    """Issue #17's reproduction: clients that close the connection right after sending a streaming request
+    cancel the ingress handler inside TokenStream.open; every slot must come back (before the fix, each such
+    client kept one until restart, and later requests got 429)."""
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"messages": LONG, "max_tokens": 110, "stream": True}).encode()
+    raw = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    for _ in range(MAX_INFLIGHT):
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(raw)  # and gone
+    wait_engine_idle(url)
+
+    async def fresh():
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*(c.post(f"{url}/v1/chat/completions", headers=AUTH,
+                                                 json={"messages": MSGS, "max_tokens": 2})
+                                          for _ in range(MAX_INFLIGHT)))
+
+    codes = [r.status_code for r in asyncio.run(fresh())]
+    assert codes == [200] * MAX_INFLIGHT, codes
 
 
 def test_global_bound_gives_429_with_retry_after(url):

@@ -1,5 +1,6 @@
 """`raychat serve`: user errors are one line and exit 2 before Ray starts; the real command serves a checkpoint
-and shuts down cleanly on Ctrl-C (SIGINT)."""
+and, on SIGTERM (docker stop, Kubernetes) with a request in flight, finishes that request and exits 0 without
+Ray's signal-handler stack dump."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_command_serves_and_stops_on_ctrl_c(tiny_run_dir):
+def test_serve_command_serves_and_drains_on_sigterm(tiny_run_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -66,10 +67,20 @@ def test_serve_command_serves_and_stops_on_ctrl_c(tiny_run_dir):
         r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer cli-key"}, timeout=60,
                        json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
-        proc.send_signal(signal.SIGINT)
+        body = {"messages": [{"role": "user", "content": "tell me more"}], "max_tokens": 100, "stream": True,
+                "temperature": 1.0}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", headers={"Authorization": "Bearer cli-key"},
+                          json=body, timeout=60) as resp:
+            lines = resp.iter_lines()
+            assert next(ln for ln in lines if ln).startswith("data: ")  # the request is in flight ...
+            proc.send_signal(signal.SIGTERM)
+            rest_of_stream = [ln for ln in lines if ln]
+        assert rest_of_stream[-1] == "data: [DONE]"  # ... and it was served to the end
+        assert '"finish_reason":' in rest_of_stream[-2] and "error" not in rest_of_stream[-2]
         rest, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, rest[-2000:]
-        assert "shutting down" in rest
+        assert "SIGTERM: draining" in rest and "shutting down" in rest
+        assert "SIGTERM received" not in rest and "Traceback" not in rest, rest[-2000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

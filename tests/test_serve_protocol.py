@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from raychat.chat import StopMatcher
 from raychat.serve.config import ServeConfig
-from raychat.serve.generation import StopMatcher
 from raychat.serve.metrics import METRIC_NAMES, ServeMetrics
 from raychat.serve.protocol import (
     ApiError,

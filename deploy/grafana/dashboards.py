@@ -144,7 +144,8 @@ def serving() -> dict:
     r = RATE
     panels = [
         row("Now"),
-        stat("Requests / s", f"sum(rate(raychat:request_success_total[{r}]))", decimals=2),
+        stat("Requests / s", f"sum(rate(raychat:requests_total[{r}]))", decimals=2,
+             description="Generation requests received; each ends as one success or one failure below."),
         stat("Running", "sum(raychat:num_requests_running)", decimals=0),
         stat("Waiting", "sum(raychat:num_requests_waiting)", decimals=0),
         stat("KV cache usage", "max(raychat:kv_cache_usage_perc)", unit="percentunit", decimals=1,

@@ -8,8 +8,8 @@
 Files: sampling.py (SamplingParams, batched sampling), sequence.py (requests, per-sequence state machine with
 stop conditions and tool use), kv_slots.py (KV capacity from a memory budget, per-slot token histories, the
 prefix index), scheduler.py (admission and the prefill budget: chunked prefill), runner.py (all device work),
-engine.py (the step loop), async_engine.py (background thread + asyncio queues), chat.py (conversations <->
-ids/text).
+engine.py (the step loop), async_engine.py (background thread + asyncio queues). Conversations <-> ids/text
+live above the engine, in raychat.chat.
 """
 
 from raychat.engine.async_engine import AsyncEngine

@@ -18,7 +18,7 @@ slots at once, so a new request joins the running batch at the next step. Per-to
 appends; the device is synced once per step (the chosen token ids), never per row.
 
 The engine is single-threaded: call it from one thread (AsyncEngine runs it in its own thread for asyncio
-servers). It works on token ids only; `raychat.engine.chat` renders conversations and decodes text.
+servers). It works on token ids only; the chat layer `raychat.chat` renders conversations and decodes text.
 """
 
 from __future__ import annotations

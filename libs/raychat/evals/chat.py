@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from raychat.chat import completion_events, display_text, stream_reply
 from raychat.common import RaychatError, get_dist_info
 from raychat.evals.core import model_device, model_max_seq_len
 from raychat.model.attention import inference_attention
@@ -102,13 +103,12 @@ def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_
 
 
 def _completion_text(tokenizer, prompt: list[int], ids: list[int]) -> str:
-    """Decode a completion: drop an echoed prompt (engines differ) and anything after <|assistant_end|>."""
+    """A completion as the chat layer shows it (tool use inline as <<expr=result>>, up to <|assistant_end|>);
+    an echoed prompt is dropped first (engines differ)."""
     if len(ids) >= len(prompt) and ids[: len(prompt)] == prompt:
         ids = ids[len(prompt):]
-    end = tokenizer.special_id("<|assistant_end|>")
-    if end in ids:
-        ids = ids[: ids.index(end)]
-    return tokenizer.decode(ids)
+    deltas = stream_reply(tokenizer, completion_events(tokenizer, ids), len(prompt))
+    return "".join(display_text(d) for d in deltas)
 
 
 def run_generative_eval(task: Task, tokenizer, engine, num_samples: int = 1, max_tokens: int = 512,

@@ -55,6 +55,7 @@ class ChatSession:
         """Handle a /command; returns the text to show, or None for /quit."""
         from dataclasses import replace
 
+        from raychat.chat import effective_temperature
         from raychat.common import RaychatError
 
         name, _, arg = line.strip().partition(" ")
@@ -66,7 +67,7 @@ class ChatSession:
                 self.messages.clear()
                 return "(conversation cleared)"
             if name == "/temp":
-                self.params = replace(self.params, temperature=float(arg))
+                self.params = replace(self.params, temperature=effective_temperature(float(arg)))
                 return f"(temperature = {self.params.temperature:g})"
             if name == "/topk":
                 self.params = replace(self.params, top_k=int(arg))
@@ -79,39 +80,44 @@ class ChatSession:
 
     def reply(self, text: str, out) -> dict:
         """Stream the answer to `text` into `out` (a text stream); returns the final "done" delta as a dict."""
-        from raychat.engine.chat import ReplyAssembler, stream_chat, stream_tokens
+        from raychat.chat import (
+            Reply,
+            display_text,
+            engine_events,
+            render_chat_prompt,
+            render_text_prompt,
+            stream_reply,
+        )
 
-        asm = ReplyAssembler(self.tokenizer)
-        if self.raw:
-            prompt = self.tokenizer.encode(text, prepend=self.tokenizer.bos_id)
-            stream = stream_tokens(self.engine, self.tokenizer, prompt, self.params, asm)
-        else:
+        if not self.raw:
             self.messages.append({"role": "user", "content": text})
-            stream = stream_chat(self.engine, self.tokenizer, self.messages, self.params, asm)
         done = {"finish_reason": "cancelled", "usage": {}, "timings": {}}
+        stream = reply = None
         try:
+            prompt = render_text_prompt(self.tokenizer, text) if self.raw else render_chat_prompt(self.tokenizer,
+                                                                                                 self.messages)
+            reply = Reply(self.tokenizer, len(prompt))
+            stream = stream_reply(self.tokenizer, engine_events(self.engine, prompt, self.params), len(prompt),
+                                  reply=reply)
             for d in stream:
-                if d.type == "token":
-                    out.write(d.text)
-                elif d.type == "tool_call":
-                    out.write(f"<<{d.text}")
-                elif d.type == "tool_result":
-                    out.write(f"={d.text}>>")
-                else:
+                if d.type == "done":
                     done = {"finish_reason": d.finish_reason, "usage": d.usage, "timings": d.timings}
+                else:
+                    out.write(display_text(d))
                 out.flush()
         except KeyboardInterrupt:
-            stream.close()  # cancels the request in the engine
-            for d in asm.finish():
-                out.write(d.text if d.type == "token" else "")
+            if stream is not None:
+                stream.close()  # cancels the request in the engine
+                out.write("".join(display_text(d) for d in reply.asm.finish()))
         except BaseException:
             if not self.raw:
                 self.messages.pop()  # the turn never happened (e.g. the conversation outgrew the context)
             raise
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
         if not self.raw:
-            content = asm.content()
+            content = reply.content() if reply is not None else ""
             if content:
                 self.messages.append({"role": "assistant", "content": content})
             else:
@@ -128,16 +134,17 @@ def _stats_line(done: dict) -> str:
 def run(args):
     import torch
 
+    from raychat.chat import sampling_params
     from raychat.checkpoint import load_model
     from raychat.common import RaychatError, default_runs_root
-    from raychat.engine import Engine, SamplingParams
+    from raychat.engine import Engine
 
     if args.threads is not None:
         if args.threads < 1:
             raise RaychatError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            max_tokens=args.max_tokens, seed=args.seed)
+    params = sampling_params(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             max_tokens=args.max_tokens, seed=args.seed)
     path = args.checkpoint or args.run_dir or (default_runs_root() / "default")
     model, tokenizer, meta = load_model(path, stage=args.stage, step=args.step, device=args.device,
                                        dtype=args.dtype)

@@ -6,19 +6,26 @@ API and Prometheus metrics, all on one port.
     raychat serve --run-dir /shared/run --replicas 2 --max-replicas 8 --host 0.0.0.0 --address auto   # cluster
 
 Starts a local Ray (or joins `--address`), deploys the app, waits until the model is loaded, prints the
-URLs and blocks; Ctrl-C shuts Serve (and the local Ray) down.
+URLs and blocks. Ctrl-C or SIGTERM (`docker stop`, Kubernetes) drains: it waits until the engines have no
+request running or waiting (at most --drain-timeout seconds), then shuts Serve (and the local Ray) down and
+exits 0. Our SIGTERM handler is installed after ray.init, replacing the one Ray installs in the driver (which
+dumps a stack and dies).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from raychat.serve.protocol import Limits
 
 _LIMIT_FLAGS = {  # flag -> (Limits field, help)
     "--max-concurrent-requests": ("max_concurrent_requests", "generations in flight per ingress before 429"),
-    "--max-concurrent-per-client": ("max_concurrent_per_client", "generations in flight per client IP, 0 = off"),
+    "--max-concurrent-per-client": ("max_concurrent_per_client", "generations in flight per client IP, 0 = off "
+                                                                 "(default: half of --max-concurrent-requests)"),
+    "--max-connections-per-client": ("max_connections_per_client", "open WebSockets per client IP, 0 = off "
+                                                                   "(default: half of the 512 per ingress)"),
     "--max-messages": ("max_messages", "messages per request"),
     "--max-message-chars": ("max_message_chars", "characters per message"),
     "--max-total-chars": ("max_total_chars", "characters over all messages of a request"),
@@ -62,8 +69,17 @@ def add_arguments(p):
                    help="decode without CUDA graphs on a GPU (as vLLM's flag; graphs are on by default there)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address to join (e.g. auto); default: start a local Ray")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on Ctrl-C/SIGTERM, seconds to wait for in-flight requests before shutting down")
+    p.add_argument("--allowed-hosts", default=None,
+                   help="comma-separated Host names to answer (default: loopback + --host without a key, else any)")
+    p.add_argument("--allowed-origins", default=None,
+                   help="comma-separated web origins (https://app.example) whose pages may call this server")
+    p.add_argument("--ws-idle-timeout", type=float, default=Limits().ws_idle_timeout_s,
+                   help="close a WebSocket with no chat running that sends nothing for this many seconds")
     for flag, (field, help_) in _LIMIT_FLAGS.items():
-        p.add_argument(flag, type=int, default=getattr(Limits(), field), help=help_)
+        per_client = field.endswith("_per_client")  # None: derived from the global bound (Limits)
+        p.add_argument(flag, type=int, default=None if per_client else getattr(Limits(), field), help=help_)
 
 
 def _bytes(text: str) -> int:
@@ -88,6 +104,9 @@ def config_from_args(args):
     from raychat.serve.config import ServeConfig
 
     limits = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in _LIMIT_FLAGS.items()}
+    limits["ws_idle_timeout_s"] = args.ws_idle_timeout
+    if not (args.drain_timeout >= 0):
+        raise RaychatError(f"--drain-timeout must be >= 0, got {args.drain_timeout}")
     autoscaling = None
     if args.max_replicas is not None and args.max_replicas > args.replicas:
         autoscaling = {"min_replicas": args.replicas, "max_replicas": args.max_replicas}
@@ -99,9 +118,39 @@ def config_from_args(args):
                            num_cpus=args.replica_cpus, num_gpus=args.num_gpus, device=args.device,
                            enforce_eager=args.enforce_eager, kv_cache_memory=args.kv_cache_memory,
                            gpu_memory_utilization=args.gpu_memory_utilization,
-                           prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching)
+                           prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching,
+                           allowed_hosts=args.allowed_hosts, allowed_origins=args.allowed_origins or [])
     except (ValueError, TypeError) as e:
         raise RaychatError(str(e)) from None
+
+
+class _Terminate(Exception):
+    """SIGTERM, turned into an exception in the main thread so the drain below runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminate()
+
+
+def drain(url: str, api_key: str | None, timeout_s: float) -> bool:
+    """Wait until no engine replica has a request running or waiting (two scrapes in a row, so a request
+    between the ingress and its replica is not missed). -> True when idle, False at the deadline."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline, idle = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"{url}/metrics", headers=headers, timeout=5.0).text
+            busy = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(("raychat:num_requests_running{", "raychat:num_requests_waiting{")))
+        except (httpx.HTTPError, ValueError, IndexError):
+            return False  # the app is gone or broken: nothing left to wait for
+        idle = idle + 1 if busy == 0 else 0
+        if idle >= 2:
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def run(args):
@@ -119,6 +168,8 @@ def run(args):
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(address=args.address, configure_logging=False)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    url = None
     try:
         url = start(config)
         print(f"raychat serve: ready in {time.time() - t0:.1f} s", flush=True)
@@ -129,7 +180,12 @@ def run(args):
               f"{url}/ready\nCtrl-C to stop.", flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminate) as e:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain short
+        why = "SIGTERM" if isinstance(e, _Terminate) else "Ctrl-C"
+        print(f"raychat serve: {why}: draining in-flight requests (at most {args.drain_timeout:g} s)", flush=True)
+        if url is not None and not drain(url, config.api_key, args.drain_timeout):
+            print("raychat serve: drain timed out; requests still running are cut", flush=True)
         print("raychat serve: shutting down", flush=True)
     finally:
         try:
@@ -137,4 +193,5 @@ def run(args):
         finally:
             if started_ray:
                 ray.shutdown()
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     return 0

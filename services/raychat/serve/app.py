@@ -152,11 +152,17 @@ def build_deployments(config: ServeConfig, set_scaling: bool = True):
     return ingress.bind(engine, config)
 
 
+def app_config(args: dict) -> ServeConfig:
+    """build_app's ServeConfig. The bind address is Serve's http_options there (0.0.0.0 in deploy/), not
+    ServeConfig.host: without an explicit list, answer any Host name, as `raychat serve --host 0.0.0.0` does."""
+    return ServeConfig.from_dict({"allowed_hosts": ["*"], **dict(args)})
+
+
 def build_app(args: dict):
     """Import-path builder for `serve run raychat.serve.app:build_app key=value ...`, deploy/serve.yaml and
     KubeRay: `args` are ServeConfig fields (strings from the CLI, typed values from YAML). host/port are
-    Serve's http_options there, not ours."""
-    config = ServeConfig.from_dict(dict(args))
+    Serve's http_options there, not ours (so allowed_hosts defaults to any name; set it, or an api_key)."""
+    config = app_config(args)
     print(f"raychat serve config: {config.to_json()}", flush=True)
     # a YAML `deployments:` entry may set autoscaling_config; a num_replicas from code would then clash
     return build_deployments(config, set_scaling="replicas" in args or "autoscaling" in args)

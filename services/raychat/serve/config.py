@@ -59,6 +59,9 @@ class ServeConfig:
     device: str | None = None            # engine device override (cpu/cuda); None = detect
     dtype: str | None = None             # engine dtype override; None = detect (bf16 on SM80+, fp32 on CPU)
     enforce_eager: bool = False          # decode without CUDA graphs on a GPU (vLLM's --enforce-eager)
+    tool_timeout_s: float = 0.1          # deadline of one calculator call (a child process; killed beyond it)
+    allowed_hosts: list[str] | None = None  # Host names answered (None = loopback + host without a key, else any)
+    allowed_origins: list[str] = field(default_factory=list)  # other web origins whose pages may call this server
     web_dir: str | None = None           # static chat page (None = the repository's web/)
     app_name: str = "raychat"
 
@@ -118,6 +121,16 @@ class ServeConfig:
                 raise ValueError("autoscaling target_ongoing_requests "
                                  f"({self.autoscaling['target_ongoing_requests']}) exceeds max_ongoing_requests "
                                  f"({self.max_ongoing_requests}): replicas would never look busy enough to scale")
+        if not (isinstance(self.tool_timeout_s, int | float) and math.isfinite(self.tool_timeout_s)
+                and self.tool_timeout_s > 0):
+            raise ValueError(f"tool_timeout_s must be > 0, got {self.tool_timeout_s!r}")
+        for name in ("allowed_hosts", "allowed_origins"):
+            v = getattr(self, name)
+            if isinstance(v, str):  # `serve run ... allowed_hosts=a.example,b.example`
+                v = [h.strip() for h in v.split(",") if h.strip()]
+            if v is not None and not all(isinstance(h, str) and h and not any(c.isspace() for c in h) for h in v):
+                raise ValueError(f"{name} must be a list of names without spaces, got {v!r}")
+            setattr(self, name, None if v is None else list(v))
         if self.model_name is None:
             self.model_name = f"raychat-{self.stage}"
 

@@ -14,11 +14,10 @@ Events (dicts, small: each one crosses a process boundary through a Serve stream
     {"type": "tool_result", "text", "n"}     the forced output between <|output_start|> and <|output_end|>
     {"type": "done", "finish_reason", "prompt_tokens", "completion_tokens", "n", "stats"}
     {"type": "error", "code", "message", "status"}   only ever first (bad conversation, context overflow)
-Tokens that complete no text (half a UTF-8 character, a special token, a tool segment in progress) are
-carried into the next event's `n`, so the stream is one event per visible change, not per token.
-Turning token events into text deltas and tool segments is the engine's chat layer
-(raychat.engine.chat.ReplyAssembler); this module adds OpenAI stop strings, limits and the event format.
-/v1/completions uses the same assembler on a raw prompt (<|bos|> + text, no chat template).
+Text, tool segments, stop strings and the token counts come from the chat layer's `Reply` (raychat.chat),
+the same pipeline the terminal chat and the evals use; this module adds limits and the event format.
+The calculator runs in a child process with a deadline (tool_worker.BoundedTool), never in the replica.
+/v1/completions uses the same pipeline on a raw prompt (<|bos|> + text, no chat template).
 """
 
 from __future__ import annotations
@@ -32,46 +31,22 @@ from raychat.serve.protocol import ApiError, context_length_error
 DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # OpenAI's temperature, nanochat's top_k
 
 
-class StopMatcher:
-    """OpenAI `stop` strings on the text stream: text that could be the start of a stop string is held back
-    until it is known not to be; on a match the text is cut before it."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = [s for s in stops if s]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """-> (text safe to emit now, stopped)."""
-        if not self.stops:
-            return text, False
-        self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.pending = self.pending[:cut], ""
-            return out, True
-        keep = min(self.hold, len(self.pending))
-        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
 class ChatService:
     """One engine plus the tokenizer on one device; serves many concurrent requests (continuous batching)."""
 
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_seq_len: int | None = None,
                  default_max_tokens: int = 512, model_name: str = "raychat", meta: dict | None = None,
-                 device: str = "cpu", enforce_eager: bool = False, engine_options: dict | None = None):
+                 device: str = "cpu", enforce_eager: bool = False, tool_timeout_s: float = 0.1,
+                 engine_options: dict | None = None):
         from raychat.engine import AsyncEngine, Engine
+        from raychat.serve.tool_worker import BoundedTool
 
         if tokenizer is None:
             raise ApiError("checkpoint has no tokenizer/ directory beside it", status=500, code="internal")
         self.tokenizer = tokenizer
+        self.tool = BoundedTool(timeout_s=tool_timeout_s)
         self.engine = Engine(model, tokenizer, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                             decode_layout="auto", cuda_graphs=False if enforce_eager else None,
+                             tool_fn=self.tool, decode_layout="auto", cuda_graphs=False if enforce_eager else None,
                              **(engine_options or {}))
         self.aengine = AsyncEngine(self.engine)
         self.context = self.engine.max_seq_len
@@ -97,7 +72,7 @@ class ChatService:
                                       device=info.device, dtype=info.dtype)
         return cls(model, tok, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
                    default_max_tokens=config.limits.default_max_tokens, model_name=config.model_name, meta=meta,
-                   device=info.describe(), enforce_eager=config.enforce_eager,
+                   device=info.describe(), enforce_eager=config.enforce_eager, tool_timeout_s=config.tool_timeout_s,
                    engine_options=config.engine_options(info.device.type))
 
     def info(self) -> dict:
@@ -109,25 +84,26 @@ class ChatService:
 
     def stats(self) -> dict:
         s = self.aengine.stats()
-        return {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, **s, "replica": self.replica}
+        return {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, "free_slots": None, **s, "replica": self.replica}
 
     def shutdown(self) -> None:
         self.aengine.shutdown()
+        self.tool.close()
 
     # ---- one request ---------------------------------------------------------------------------------------
     def _prompt(self, request: dict) -> list[int]:
-        from raychat.engine.chat import render_chat_prompt
+        from raychat.chat import render_chat_prompt, render_text_prompt
         from raychat.tokenizer import ConversationError
 
         if request["kind"] == "completion":
-            return self.tokenizer.encode(request["prompt"], prepend=self.tokenizer.bos_id)
+            return render_text_prompt(self.tokenizer, request["prompt"])
         try:
             return render_chat_prompt(self.tokenizer, request["messages"])
         except ConversationError as e:
             raise ApiError(str(e), param="messages") from None
 
     def _params(self, request: dict, prompt_tokens: int):
-        from raychat.engine import SamplingParams
+        from raychat.chat import sampling_params
 
         p = {k: v for k, v in request.get("params", {}).items() if v is not None}
         room = self.context - prompt_tokens
@@ -138,14 +114,11 @@ class ChatService:
             raise context_length_error(self.context, prompt_tokens, None)
         else:
             p["max_tokens"] = min(self.default_max_tokens, room)
-        merged = {**DEFAULTS, **p}
-        return SamplingParams(temperature=float(merged["temperature"]), top_k=int(merged["top_k"]) or None,
-                              top_p=float(merged["top_p"]), max_tokens=int(merged["max_tokens"]),
-                              seed=merged.get("seed"))
+        return sampling_params(**{**DEFAULTS, **p})
 
     async def generate(self, request: dict) -> AsyncIterator[dict]:
+        from raychat.chat import Reply
         from raychat.engine import ContextLengthError
-        from raychat.engine.chat import ReplyAssembler
 
         try:
             prompt = self._prompt(request)
@@ -153,50 +126,26 @@ class ChatService:
         except ApiError as e:
             yield {"type": "error", "code": e.code, "message": e.message, "status": e.status, "param": e.param}
             return
-        asm = ReplyAssembler(self.tokenizer)
-        stop = StopMatcher(request.get("stop") or [])
-        pending_n, finish = 0, None
+        reply = Reply(self.tokenizer, len(prompt), stop=request.get("stop") or [])
         yield {"type": "start", "prompt_tokens": len(prompt), "max_tokens": params.max_tokens}
         stream = self.aengine.generate(prompt, params)
         try:
             async for ev in stream:
-                pending_n += ev.token_id >= 0
-                deltas = asm.feed(ev)
-                if ev.finish_reason is not None:
-                    finish = ev.finish_reason
-                    deltas += asm.finish()
-                stopped = False
-                for d in deltas:
-                    text = d.text
-                    if d.type == "token":
-                        text, stopped = stop.feed(text)
-                    else:
-                        held = stop.flush()  # text held back for a possible stop string comes first
-                        if held:
-                            yield {"type": "token", "text": held, "n": pending_n}
-                            pending_n = 0
-                    if text:
-                        yield {"type": d.type, "text": text, "n": pending_n}
-                        pending_n = 0
-                    if stopped:
-                        break
-                if stopped:
-                    finish = "stop"  # leaving the loop closes the stream, which cancels the engine request
-                    break
-                if finish is not None:
-                    break
+                for d in reply.feed(ev):
+                    yield {"type": d.type, "text": d.text, "n": d.n}
+                if reply.done:
+                    break  # the end, or a stop string: closing the stream cancels the engine request
         except ContextLengthError as e:  # cannot happen after _params' check; kept so it never becomes a 500
             yield {"type": "error", "code": "context_length_exceeded", "status": 400, "param": "messages",
                    "message": str(e)}
             return
         finally:
             await stream.aclose()
-        tail = stop.flush()
-        if tail:
-            yield {"type": "token", "text": tail, "n": pending_n}
-            pending_n = 0
-        yield {"type": "done", "finish_reason": finish or "stop", "prompt_tokens": len(prompt),
-               "completion_tokens": asm.num_tokens, "n": pending_n, "stats": self.stats()}
+        *rest, done = reply.finish()
+        for d in rest:
+            yield {"type": d.type, "text": d.text, "n": d.n}
+        yield {"type": "done", "finish_reason": done.finish_reason, "prompt_tokens": len(prompt),
+               "completion_tokens": done.usage["completion_tokens"], "n": done.n, "stats": self.stats()}
 
 
 class StreamCancelled(Exception):

@@ -31,6 +31,7 @@ METRIC_NAMES = (
     "raychat:request_queue_time_seconds",
     "raychat:prompt_tokens_total",
     "raychat:generation_tokens_total",
+    "raychat:requests_total",
     "raychat:request_success_total",
     "raychat:request_failure_total",
     "raychat:tool_calls_total",
@@ -111,6 +112,8 @@ class ServeMetrics:
         self.prompt_tokens = Counter("raychat:prompt_tokens_total", "Prompt tokens processed.", lab, registry=r)
         self.generation_tokens = Counter("raychat:generation_tokens_total", "Tokens generated (tool output included).",
                                          lab, registry=r)
+        self.requests = Counter("raychat:requests_total", "Generation requests received (each ends as one success "
+                                "or one failure).", lab, registry=r)
         self.success = Counter("raychat:request_success_total", "Finished requests by finish reason.",
                                lab + ["finished_reason"], registry=r)
         self.failure = Counter("raychat:request_failure_total", "Refused or failed requests by error code.",
@@ -120,12 +123,15 @@ class ServeMetrics:
         r.register(self.engine)
         # pre-create the label sets so the series exist (at 0) before the first request
         for m in (self.ttft, self.itl, self.e2e, self.queue, self.prompt_tokens, self.generation_tokens,
-                  self.tool_calls):
+                  self.tool_calls, self.requests):
             m.labels(model_name)
         for reason in ("stop", "length", "cancelled"):
             self.success.labels(model_name, reason)
 
     # --- recording (called by the ingress as a stream goes by)
+    def observe_request(self) -> None:
+        self.requests.labels(self.model_name).inc()
+
     def observe_queue(self, seconds: float) -> None:
         self.queue.labels(self.model_name).observe(seconds)
 

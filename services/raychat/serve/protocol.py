@@ -3,7 +3,7 @@ HTTP schemas (chat/completions, completions, models), the error shape and the re
 
 Why one file: a client author (the web page, a load tester, someone's script) should be able to read the
 whole wire contract here, next to the limits that decide which requests are refused. Handlers live in
-api.py; nothing here touches Ray, the engine or the network.
+openai_routes.py and ws_session.py; nothing here touches Ray, the engine or the network.
 
 WebSocket /ws/chat (JSON text frames; several chats in sequence on one socket, one at a time):
     client -> {"type": "chat", "messages": [{"role", "content"}...], "params": {temperature, top_k, top_p,
@@ -17,7 +17,8 @@ WebSocket /ws/chat (JSON text frames; several chats in sequence on one socket, o
               {"type": "error", "code", "message"}   the socket stays open (except for "unauthorized")
 
 Errors over HTTP are OpenAI-shaped: {"error": {"message", "type", "code", "param"}}; 400 for bad input,
-401 for a missing/wrong key, 404 for unknown routes/models, 413 for oversized bodies, 429 (Retry-After) when
+401 for a missing/wrong key, 403 for a foreign Host or Origin (security.py), 404 for unknown routes/models,
+413 for oversized bodies, 415 for a non-JSON Content-Type on /v1, 429 (Retry-After) when
 overloaded, 503 (Retry-After) while the model loads. A context overflow is a 400 with code
 "context_length_exceeded" whose message names the context size and the requested size.
 """
@@ -25,6 +26,7 @@ overloaded, 503 (Retry-After) while the model loads. A context overflow is a 400
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
@@ -53,16 +55,26 @@ class Limits:
     max_stop: int = 4                       # OpenAI `stop` strings per request
     max_frame_bytes: int = 262_144          # one WebSocket frame or one HTTP request body (bytes)
     max_concurrent_requests: int = 128      # generations in flight per ingress replica; beyond -> 429/overloaded
-    max_concurrent_per_client: int = 0      # generations in flight per client IP (0 = no per-client bound)
+    max_concurrent_per_client: int | None = None  # generations in flight per client IP (0 = off; None = half
+    #                                               of max_concurrent_requests: one client cannot take them all)
     max_connections: int = 512              # open WebSockets per ingress replica
+    max_connections_per_client: int | None = None  # open WebSockets per client IP (0 = off; None = half)
+    ws_idle_timeout_s: float = 120.0        # a WebSocket with no chat running that sends nothing this long is closed
     retry_after_s: int = 1                  # Retry-After seconds on 429/503
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            lo = 0 if f.name in ("max_concurrent_per_client", "max_top_k") else 1
+            if v is None and f.name.endswith("_per_client"):
+                continue  # derived below, once the global bound is known to be valid
+            lo = 0 if f.name in ("max_concurrent_per_client", "max_connections_per_client", "max_top_k") else 1
+            lo = 0.01 if f.name == "ws_idle_timeout_s" else lo
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < lo:
                 raise ValueError(f"limits.{f.name} must be a number >= {lo}, got {v!r}")
+        if self.max_concurrent_per_client is None:
+            object.__setattr__(self, "max_concurrent_per_client", max(1, self.max_concurrent_requests // 2))
+        if self.max_connections_per_client is None:
+            object.__setattr__(self, "max_connections_per_client", max(1, self.max_connections // 2))
         if self.max_message_chars > self.max_total_chars:
             raise ValueError(f"limits.max_message_chars ({self.max_message_chars}) exceeds limits.max_total_chars "
                              f"({self.max_total_chars})")
@@ -77,10 +89,12 @@ WS_ERROR_CODES = ("bad_request", "context_length_exceeded", "overloaded", "unaut
 
 class ApiError(Exception):
     """A refused request. `code` is the machine-readable reason; `status` the HTTP status; `ws_code` the
-    WebSocket error code it maps to. Raised by validation and handlers, rendered by api.py."""
+    WebSocket error code it maps to. Raised by validation and handlers, rendered by api.py (HTTP) and
+    ws_session.py (WebSocket)."""
 
-    _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-              405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+    _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+              404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+              415: "invalid_request_error", 429: "rate_limit_error",
               503: "service_unavailable", 500: "internal_error"}
 
     def __init__(self, message: str, code: str = "invalid_value", status: int = 400, param: str | None = None):
@@ -95,8 +109,8 @@ class ApiError(Exception):
     def ws_code(self) -> str:
         if self.code == "context_length_exceeded":
             return "context_length_exceeded"
-        return {401: "unauthorized", 429: "overloaded", 503: "overloaded", 500: "internal"}.get(self.status,
-                                                                                              "bad_request")
+        return {401: "unauthorized", 403: "unauthorized", 429: "overloaded", 503: "overloaded",
+                500: "internal"}.get(self.status, "bad_request")
 
     def body(self) -> dict:
         return ErrorResponse(error=ErrorInfo(message=self.message, type=self.type, code=self.code,
@@ -118,11 +132,16 @@ def context_length_error(context: int, prompt_tokens: int, max_tokens: int | Non
     return ApiError(msg, code="context_length_exceeded", param="messages")
 
 
+_UNION_TAG = re.compile(r"str|int|float|bool|list\[.*\]|dict\[.*\]")
+
+
 def pydantic_error(e: ValidationError, skip: int = 0) -> ApiError:
     """First validation error as one readable line: `messages.0.role: Input should be 'system', ...`.
     `skip` drops leading location parts (the tag of a discriminated union)."""
-    err = e.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in list(err.get("loc", ()))[skip:])
+    errs = e.errors(include_url=False)
+    # a union (str | list of parts) reports one error per member: the deepest one says what is wrong
+    err = max(errs, key=lambda x: len(x.get("loc", ())))
+    loc = ".".join(str(p) for p in list(err.get("loc", ()))[skip:] if not _UNION_TAG.fullmatch(str(p)))
     got = err.get("input")
     got_s = "" if err.get("type") == "missing" or isinstance(got, dict | list) else f" (got {got!r:.60})"
     return ApiError(f"{loc or 'request'}: {err.get('msg', 'invalid value')}{got_s}", code="invalid_value",
