@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import torch
+from scripted_model import ScriptedModel
 
 from raychat.chat import (
     MIN_TEMPERATURE,
@@ -19,7 +20,6 @@ from raychat.chat import (
     stream_reply,
 )
 from raychat.engine import AsyncEngine, Engine, SamplingParams
-from scripted_model import ScriptedModel
 from raychat.engine.sampling import sample_rows
 from raychat.engine.sequence import TokenEvent
 from raychat.tokenizer import Tokenizer
