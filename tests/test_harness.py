@@ -4,7 +4,9 @@ in the driver before any worker starts."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,55 @@ def test_torchrun_entry_accepts_preset(module, tmp_path):
                        timeout=120)
     assert "unrecognized arguments" not in r.stderr, r.stderr
     assert r.returncode == 2 and "tokenizer" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _torchrun(module: str, args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", f"raychat.train.{module}", "--preset", "tiny_cpu", "--metrics-port", "0",
+                           "--num-threads", "1", *args], capture_output=True, text=True, env=_env(), timeout=600,
+                          cwd=tmp_path)
+
+
+def _one_run(tmp_path, tiny_run_dir, stages=("base", "sft")) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir / "tokenizer", run / "tokenizer")
+    for stage in stages:
+        shutil.copytree(tiny_run_dir / "checkpoints" / stage, run / "checkpoints" / stage)
+    return run
+
+
+def _train_steps(run: Path, job: str) -> list[int]:
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [e["step"] for e in events if e.get("job") == job and e.get("event") == "train"]
+
+
+TORCHRUN_STAGES = {
+    "pretrain": ("pretrain", "base", ["--depth", "2", "--aspect-ratio", "32", "--head-dim", "32", "--seq-len", "64",
+                                      "--device-batch-size", "2", "--total-batch-size", "256", "--num-iterations",
+                                      "2", "--eval-every", "-1", "--eval-tokens", "512", "--sample-every", "-1",
+                                      "--save-every", "-1", "--compile", "false", "--log-every", "1"]),
+    "sft": ("sft", "sft", ["--mixture", "SimpleArithmetic", "--synthetic-size", "40", "--num-val-examples", "4",
+                           "--device-batch-size", "2", "--total-batch-rows", "4", "--num-iterations", "2",
+                           "--chat-eval-tasks", "", "--log-every", "1"]),
+    "rl": ("grpo", "rl", ["--max-operand", "3", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens",
+                          "4", "--rollout-batch-size", "4", "--device-batch-size", "4", "--num-iterations", "2",
+                          "--eval-examples", "2", "--eval-k", "2"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", list(TORCHRUN_STAGES))
+def test_torchrun_entry_runs_each_stage_on_two_gloo_processes(stage, tmp_path, tiny_run_dir, shared_data):
+    """`torchrun --nproc_per_node 2 -m raychat.train.<stage> --preset tiny_cpu` with tiny overrides: both ranks
+    train, the checkpoint holds both ranks' optimizer shards and states, and rank 0 alone talks to the console."""
+    module, ckpt, args = TORCHRUN_STAGES[stage]
+    run = _one_run(tmp_path, tiny_run_dir)
+    extra = ["--data-dir", str(shared_data / "pretrain")] if stage == "pretrain" else []
+    r = _torchrun(module, ["--run-dir", str(run), *extra, *args], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    step = run / "checkpoints" / ckpt / "step_000002"
+    meta = json.loads((step / "meta.json").read_text())
+    assert set(meta["rank_state"]) == {"0", "1"} and meta["plan"]["world_size"] == 2
+    assert (step / "optim_rank0.pt").is_file() and (step / "optim_rank1.pt").is_file()
+    assert _train_steps(run, stage) == [1, 2]
+    assert r.stdout.count(f"[{stage}] done:") == 1, r.stdout

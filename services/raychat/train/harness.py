@@ -407,7 +407,6 @@ class Harness:
             self.sync()
             dt = time.perf_counter() - t0
             step += 1
-            fault_injection(step, rank)
             if count_first_step or step > self.start_step + 1 or self.start_step > 0 or num_iterations < 10:
                 self.total_time += dt  # else the very first step (allocator/compile warm-up) is not counted
             # decided together: ranks that stopped at different steps, or one rank raising alone, would deadlock
@@ -430,6 +429,7 @@ class Harness:
                 sink.log({"event": "train", "step": step, **last})
                 if step != num_iterations and not stop and not (cfg.save_every > 0 and step % cfg.save_every == 0):
                     self.ctx.report({"step": step, **last})
+            fault_injection(step, rank)
         summary = {"event": "done", "step": step, **latest, "final_loss": last.get("loss"),
                    "total_training_time": self.total_time, "checkpoint": str(self.ckpt_root), **extra}
         sink.log(summary)
