@@ -83,3 +83,95 @@ def test_torchrun_entry_runs_each_stage_on_two_gloo_processes(stage, tmp_path, t
     assert (step / "optim_rank0.pt").is_file() and (step / "optim_rank1.pt").is_file()
     assert _train_steps(run, stage) == [1, 2]
     assert r.stdout.count(f"[{stage}] done:") == 1, r.stdout
+
+
+# ---- agreement across ranks (gloo, 2 processes) ---------------------------------------------------------
+def _spawned(rank: int, world_size: int, init: str, out: str, scenario: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    try:
+        globals()[f"_scenario_{scenario}"](rank, Path(out))
+        result = "ok"
+    except Exception as e:  # noqa: BLE001 - the test reads what each rank raised
+        result = f"{type(e).__name__}: {e}"
+    Path(out, f"rank{rank}.txt").write_text(result)
+    dist.destroy_process_group()
+
+
+def _scenario_disk_full(rank: int, out: Path) -> None:
+    """Rank 1's part of the checkpoint cannot be written (a full disk); rank 0's can."""
+    import raychat.checkpoint as ck
+    from raychat.train.harness import save_checkpoint_agreed
+    from tests.conftest import tiny_gpt
+
+    if rank == 1:
+        def full(*a, **k):
+            raise OSError(28, "No space left on device")
+        ck.write_checkpoint_files = full
+    save_checkpoint_agreed(out / "ckpts", 3, tiny_gpt(64), None, {}, {}, rank)
+
+
+def _scenario_nan_on_one_rank(rank: int, out: Path) -> None:
+    """Rank 1's loss turns NaN at step 2; every rank must stop there, together."""
+    from raychat.train.config import StageConfig
+    from raychat.train.harness import Harness
+    from tests.conftest import make_tiny_run_dir
+
+    class Ctx:
+        local_rank, world_size, reports = 0, 2, []
+
+        def __init__(self):
+            self.rank = rank
+
+        def report(self, metrics, checkpoint_dir=None):
+            self.reports.append(metrics)
+
+        def resume_dir(self):
+            return None
+
+    run = out / "run"
+    if rank == 0:
+        make_tiny_run_dir(run, stages=())
+    import torch.distributed as dist
+
+    dist.barrier()
+    h = Harness(StageConfig(run_dir=str(run), metrics_port=0, num_threads=1), Ctx(), "sft")
+    model, opt = h.build(h.lrs(), {"sequence_len": 16, "vocab_size": 64, "n_layer": 1, "n_head": 1,
+                                   "n_kv_head": 1, "n_embd": 32, "window_pattern": "L"})
+    h.source_ckpt = None
+    h.run(model, opt, 5, lambda it: {"loss": float("nan") if (rank == 1 and it == 1) else 1.0})
+
+
+def _spawn(scenario: str, tmp_path: Path) -> dict[int, str]:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [ctx.Process(target=_spawned, args=(r, 2, init, str(tmp_path), scenario)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        p.kill()
+    assert not hung, f"ranks {hung} hung"
+    return {r: (tmp_path / f"rank{r}.txt").read_text() for r in range(2)}
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_fails_on_one_rank_fails_clearly_on_every_rank(tmp_path):
+    res = _spawn("disk_full", tmp_path)
+    for r in (0, 1):
+        assert res[r].startswith("RaychatError: checkpoint") and "failed on rank 1" in res[r], res
+        assert "No space left on device" in res[r]
+    root = tmp_path / "ckpts"
+    assert sorted(p.name for p in root.iterdir()) == [], "no temp dir and no half checkpoint left behind"
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_together(tmp_path):
+    res = _spawn("nan_on_one_rank", tmp_path)
+    for r in (0, 1):
+        assert res[r].startswith("RaychatError: sft: loss is not finite at step 2 on 1 of 2 rank(s)"), res
