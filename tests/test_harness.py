@@ -175,3 +175,35 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_together(tmp_path):
     res = _spawn("nan_on_one_rank", tmp_path)
     for r in (0, 1):
         assert res[r].startswith("RaychatError: sft: loss is not finite at step 2 on 1 of 2 rank(s)"), res
+
+
+# ---- deterministic errors are found in the driver ---------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain"], "no tokenizer in"),
+    (["pretrain", "--data-dir", "{tmp}/nope"], "data dir {tmp}/nope does not exist"),
+    (["pretrain", "--total-batch-size", "1000"], "not a multiple of device_batch_size"),
+    (["sft", "--source", "rl"], "no rl checkpoint found"),
+    (["sft", "--mixture", "default", "--data-dir", "{tmp}/nope"], "no task data"),
+    (["rl", "--task", "GSM8K", "--data-dir", "{tmp}/nope"], "no GSM8K data"),
+    (["rl", "--num-workers", "3"], "must be a multiple of the number of workers (3)"),
+])
+def test_deterministic_errors_end_in_the_driver_before_any_worker(argv, message, tmp_path, tiny_run_dir,
+                                                                  shared_data, monkeypatch, capsys):
+    """Regression: `raychat pretrain` without a tokenizer started Ray, failed in every worker, was restarted by
+    Ray's FailureConfig and ended on "Error in training function". Such errors are now one line from the
+    driver, and Ray Train is never started."""
+    import raychat.train.ray_job as ray_job
+    from raychat.cli import main
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray Train was started for an input error")
+
+    monkeypatch.setattr(ray_job, "run_job", no_ray)
+    run = tmp_path / "run"
+    if argv != ["pretrain"]:
+        _one_run(tmp_path, tiny_run_dir)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    data = [] if "--data-dir" in argv or argv[0] != "pretrain" else ["--data-dir", str(shared_data / "pretrain")]
+    assert main([*argv, "--run-dir", str(run), *data]) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{tmp}", str(tmp_path)) in err and len(err.strip().splitlines()) == 1, err
