@@ -207,3 +207,53 @@ def test_deterministic_errors_end_in_the_driver_before_any_worker(argv, message,
     assert main([*argv, "--run-dir", str(run), *data]) == 2
     err = capsys.readouterr().err
     assert message.replace("{tmp}", str(tmp_path)) in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- metrics reach Prometheus from another address ------------------------------------------------------
+def test_training_metrics_are_scraped_from_the_configured_address(tmp_path, tiny_run_dir, shared_data):
+    """rank 0 binds --metrics-host (here 127.0.0.2, still loopback): a scraper there sees the training gauges
+    while a short pretraining runs; nothing listens on 127.0.0.1."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    from raychat.train.config import PretrainConfig
+    from raychat.train.harness import LocalContext
+    from raychat.train.metrics import METRIC_NAMES
+    from raychat.train.pretrain import train
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        port = s.getsockname()[1]
+    run = _one_run(tmp_path, tiny_run_dir, stages=())
+    cfg = PretrainConfig(run_dir=str(run), data_dir=str(shared_data / "pretrain"), depth=2, aspect_ratio=32,
+                         head_dim=32, seq_len=64, window_pattern="L", device_batch_size=4, total_batch_size=256,
+                         num_iterations=40, eval_every=-1, eval_tokens=512, sample_every=-1, log_every=1,
+                         num_threads=1, metrics_port=port, metrics_host="127.0.0.2")
+    scraped, refused, stop = [], [], threading.Event()
+
+    def scrape():
+        while not stop.is_set():
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=1).read().decode()
+                if 'raychat_train_loss{stage="pretrain"}' in body:
+                    scraped.append(body)
+                    with socket.socket() as c:
+                        refused.append(c.connect_ex(("127.0.0.1", port)) != 0)
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=scrape, daemon=True)
+    t.start()
+    try:
+        train(cfg, LocalContext())
+    finally:
+        stop.set()
+        t.join(timeout=5)
+    assert scraped, "no scrape from 127.0.0.2 saw the training gauges"
+    assert all(refused)
+    for name in ("raychat_train_loss", "raychat_train_tokens_per_second", "raychat_train_mfu",
+                 "raychat_train_step_seconds", "raychat_train_step"):
+        assert name in METRIC_NAMES and f'{name}{{stage="pretrain"}}' in scraped[-1]
