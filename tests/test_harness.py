@@ -257,3 +257,38 @@ def test_training_metrics_are_scraped_from_the_configured_address(tmp_path, tiny
     for name in ("raychat_train_loss", "raychat_train_tokens_per_second", "raychat_train_mfu",
                  "raychat_train_step_seconds", "raychat_train_step"):
         assert name in METRIC_NAMES and f'{name}{{stage="pretrain"}}' in scraped[-1]
+
+
+# ---- a quiet console -------------------------------------------------------------------------------------
+def test_ray_train_internal_logs_go_to_the_run_log(tmp_path):
+    """The hook every process of an embedded job starts with: Ray Train's loggers (the placement-group
+    cleaner's State API warning, the per-report lines of its worker context) write to the run's log file."""
+    log = tmp_path / "ray_train.log"
+    code = ("import logging\nfrom importlib.util import find_spec\nfrom raychat.train.ray_job import quiet_ray_train\n"
+            "quiet_ray_train()\n"
+            "logging.getLogger('ray.train.v2._internal.execution.controller.placement_group_cleaner')"
+            ".warning('Failed to query Ray Train Controller actor state.')\n"
+            "logging.getLogger(find_spec('ray.train.v2._internal.execution.context').origin)"
+            ".warning('Reporting training result 1')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**_env(), "RAYCHAT_RAY_LOG": str(log)})
+    assert r.returncode == 0, r.stderr
+    assert "Failed to query" not in r.stderr and "Reporting training result" not in r.stderr
+    assert log.read_text().splitlines() == ["Failed to query Ray Train Controller actor state.",
+                                            "Reporting training result 1"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_raychat_pretrain_on_ray_prints_each_line_once(tmp_path, tiny_run_dir, shared_data):
+    """Regression: every rank-0 line reached the console twice (Ray Train's print patch sends prints to a logger
+    as well as to stdout), and Ray Train's internal warnings filled it."""
+    run = _one_run(tmp_path, tiny_run_dir, stages=())
+    r = subprocess.run([sys.executable, "-m", "raychat.cli", "pretrain", "--preset", "tiny_cpu", "--run-dir", str(run),
+                        "--data-dir", str(shared_data / "pretrain"), *TORCHRUN_STAGES["pretrain"][2],
+                        "--metrics-port", "0"], capture_output=True, text=True, env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    console = r.stdout + r.stderr
+    assert console.count("[pretrain] done:") == 1 and console.count("attention sdpa") == 1, console
+    assert "Failed to query Ray Train Controller" not in console and "Reporting training result" not in console
+    assert (run / "ray" / "ray_train.log").is_file()

@@ -279,7 +279,6 @@ class Harness:
         self.tokenizer = load_tokenizer(self.run_dir)
         attn, why = select_backend(self.dev.device_type)  # decided before any compile
         print0(f"[{job}] {self.dev.describe()}; attention {attn} ({why}); world size {self.world}")
-        print0(f"[{job}] config:\n{cfg.to_json()}")
         torch.manual_seed(cfg.seed)
         self.ckpt_root = self.run_dir / "checkpoints" / STAGES[job][1]
         self.resume_dir = ctx.resume_dir()
