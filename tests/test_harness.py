@@ -292,3 +292,20 @@ def test_raychat_pretrain_on_ray_prints_each_line_once(tmp_path, tiny_run_dir, s
     assert console.count("[pretrain] done:") == 1 and console.count("attention sdpa") == 1, console
     assert "Failed to query Ray Train Controller" not in console and "Reporting training result" not in console
     assert (run / "ray" / "ray_train.log").is_file()
+
+
+def test_no_stage_imports_another_and_nothing_below_imports_a_command():
+    import ast
+
+    services = ROOT / "services" / "raychat"
+    stages = {"raychat.train.pretrain", "raychat.train.sft", "raychat.train.grpo"}
+    bad = []
+    for f in [*(services / "train").glob("*.py"), *(services / "serve").glob("*.py")]:
+        me = f"raychat.{f.parent.name}.{f.stem}"
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for name in names:
+                if (me in stages and name in stages - {me}) or name.startswith(("raychat.commands", "raychat.cli")):
+                    bad.append(f"{f.relative_to(ROOT)} imports {name}")
+    assert not bad, bad
