@@ -107,8 +107,7 @@ def run_job(module: str, config, *, num_workers: int, use_gpu: bool, name: str, 
     env_vars = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker))), "RAY_TRAIN_V2_ENABLED": "1",
                 "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env or {})}
     for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "RAYCHAT_METRICS_PORT", "RAYCHAT_METRICS_HOST",
-                "RAYCHAT_FAULT_AT_STEP",
-                "RAYCHAT_FAULT_MARKER", "RAYCHAT_SHARED_DATA", "RAYCHAT_HOME"):
+                "RAYCHAT_FAULT_AT_STEP", "RAYCHAT_FAULT_MARKER", "RAYCHAT_SHARED_DATA", "RAYCHAT_HOME"):
         if key in os.environ:
             env_vars.setdefault(key, os.environ[key])
     trainer = TorchTrainer(
