@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from raychat.common import RaychatError, detect_device, print0, resolve_run_dir
+from raychat.common import RaychatError, detect_device, get_dist_info, print0, resolve_run_dir
 from raychat.train.metrics import TrainMetrics
 from raychat.train.schedule import lr_multiplier
 
@@ -41,14 +41,10 @@ STAGES = {"pretrain": ("raychat.train.pretrain", "base"), "sft": ("raychat.train
 LR_KEYS = ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr")
 
 
-# ---- ranks ---------------------------------------------------------------------------------------------
-def world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
+# ---- ranks (raychat.common.get_dist_info is the one rank/world helper) ----------------------------------
 def all_reduce_sum(values: list[float], device) -> list[float]:
     """Sum floats over ranks (one collective); identity at world size 1."""
-    if world() == 1:
+    if get_dist_info().world_size == 1:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -57,9 +53,9 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
 
 def gather(obj) -> list:
     """Every rank's small picklable object, in rank order, on every rank."""
-    if world() == 1:
+    if get_dist_info().world_size == 1:
         return [obj]
-    out = [None] * world()
+    out = [None] * get_dist_info().world_size
     dist.all_gather_object(out, obj)
     return out
 
@@ -133,7 +129,7 @@ def fault_injection(step: int, rank: int) -> None:
     """Fault-tolerance test hook: with RAYCHAT_FAULT_AT_STEP=N and RAYCHAT_FAULT_MARKER=PATH set, the last rank
     SIGKILLs itself once (the marker file remembers) when it reaches step N. Does nothing otherwise."""
     at, marker = os.environ.get("RAYCHAT_FAULT_AT_STEP"), os.environ.get("RAYCHAT_FAULT_MARKER")
-    if at and marker and step == int(at) and not Path(marker).exists() and rank == world() - 1:
+    if at and marker and step == int(at) and not Path(marker).exists() and rank == get_dist_info().world_size - 1:
         import signal
 
         Path(marker).write_text(f"killed rank {rank} at step {step}\n")
