@@ -257,7 +257,7 @@ def train(cfg: GRPOConfig, ctx) -> dict:
     def finish(it: int, path: Path) -> dict:
         if evals:
             h.write_eval("rl_pass_at_k", {"task": cfg.task, "k": cfg.eval_k, "evals": evals})
-        return {"evals": evals}
+        return {"evals": evals, "mean_reward": h.last.get("mean_reward")}
 
     return h.run(model, optimizer, n_iter, step, [Eval("eval", cfg.eval_every, pass_at_k, start=True)],
                  state=lambda: {"sampler": sampler.state_dict()}, finish=finish,

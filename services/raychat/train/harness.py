@@ -283,6 +283,7 @@ class Harness:
         self.total_time = self.resumed.get("total_training_time", 0.0)
         self.source_ckpt = self.resumed.get("source_checkpoint")
         self.plan: dict = {"world_size": self.world}
+        self.last: dict = {}  # the latest step's metrics
 
     def rank_state(self, key: str):
         """This rank's `key` from the checkpoint being resumed."""
@@ -413,7 +414,7 @@ class Harness:
                                    f"rank(s) (this rank: {loss}): training diverged")
             stop = late > 0
             ema = 0.9 * ema + 0.1 * loss
-            last = {**out, "loss": ema / (1 - 0.9 ** (step - self.start_step)), "raw_loss": loss,
+            self.last = last = {**out, "loss": ema / (1 - 0.9 ** (step - self.start_step)), "raw_loss": loss,
                     "step_seconds": dt, "lr": lrm, "total_training_time": self.total_time}
             if "tokens" in last:
                 last["tokens_per_second"] = last.pop("tokens") / dt
