@@ -84,8 +84,10 @@ def init_ray(address: str | None, num_cpus: int | None = None, log_file: Path | 
         kwargs.update(num_cpus=num_cpus, include_dashboard=False, object_store_memory=256 * 1024**2)
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
+            # no preemption watcher: one machine is never drained, and its actor logs an error line at start
             kwargs["runtime_env"] = {"worker_process_setup_hook": "raychat.train.ray_job.quiet_ray_train",
-                                     "env_vars": {"RAYCHAT_RAY_LOG": str(log_file)}}
+                                     "env_vars": {"RAYCHAT_RAY_LOG": str(log_file),
+                                                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
     ray.init(address=address, **kwargs)
 
 
