@@ -309,3 +309,27 @@ def test_no_stage_imports_another_and_nothing_below_imports_a_command():
                 if (me in stages and name in stages - {me}) or name.startswith(("raychat.commands", "raychat.cli")):
                     bad.append(f"{f.relative_to(ROOT)} imports {name}")
     assert not bad, bad
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_an_input_error_inside_a_ray_worker_ends_on_its_own_message(ray_session, tmp_path, tiny_run_dir,
+                                                                     shared_data):
+    """A corrupt checkpoint is found only by the worker that loads it: the driver's error is that worker's
+    one-line message, not Ray's "Error in training function" report."""
+    from raychat.common import RaychatError
+    from raychat.train.config import get_preset
+    from raychat.train.harness import launch
+
+    run = _one_run(tmp_path, tiny_run_dir)
+    (run / "checkpoints" / "base" / "step_000001" / "model.safetensors").unlink()
+    cfg = get_preset("tiny_cpu", "pretrain").replace(run_dir=str(run), data_dir=str(shared_data / "pretrain"),
+                                                     depth=2, aspect_ratio=32, head_dim=32, seq_len=64,
+                                                     device_batch_size=2, total_batch_size=256, num_iterations=2,
+                                                     compile=False, metrics_port=0)
+    with pytest.raises(RaychatError) as e:
+        launch("pretrain", cfg, resume=True, max_failures=0)
+    msg = str(e.value)
+    assert msg.startswith(f"Ray Train job base-run failed on rank 0: checkpoint {run}/checkpoints/base/"
+                          "step_000001 has no model.safetensors"), msg
+    assert "Traceback" not in msg and len(msg.splitlines()) == 1

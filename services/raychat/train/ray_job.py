@@ -127,4 +127,13 @@ def run_job(module: str, config, *, num_workers: int, use_gpu: bool, name: str, 
                              logging_config=LoggingConfig(log_level="ERROR"),
                              worker_runtime_env={"env_vars": env_vars}),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.WorkerGroupError as e:
+        # bad input found only inside a worker (e.g. a corrupt checkpoint): its own one-line message, not Ray's
+        # report. Ray Train keeps each rank's exception, wrapped with its traceback.
+        for rank, err in sorted(e.worker_failures.items()):
+            err = getattr(err, "_base_exc", err)
+            if isinstance(err, RaychatError):
+                raise RaychatError(f"Ray Train job {name} failed on rank {rank}: {err}") from None
+        raise
