@@ -18,18 +18,16 @@ from raychat.cli import main as cli_main
 from raychat.engine import Completion, Engine
 from raychat.tasks import SimpleArithmetic
 from raychat.tokenizer import Tokenizer
-from raychat.train.context import LocalContext
+from raychat.train.config import GRPOConfig, SFTConfig, get_preset
 from raychat.train.grpo import (
-    GRPOConfig,
     PromptSampler,
     evaluate_pass_at_k,
     group_advantages,
     policy_loss_sum,
     rollout,
-    tiny_cpu,
     train,
 )
-from raychat.train.sft import SFTConfig, rows_to_batch
+from raychat.train.harness import LocalContext, rows_to_batch
 from raychat.train.sft import train as sft_train
 
 TOK = Tokenizer.byte_level()
@@ -171,7 +169,7 @@ def test_config_validation():
         GRPOConfig(task="Chess")
     with pytest.raises(ValueError, match="temperature"):
         GRPOConfig(temperature=0.0)
-    assert tiny_cpu().task == "SimpleArithmetic" and tiny_cpu().num_workers == 2
+    assert get_preset("tiny_cpu", "rl").task == "SimpleArithmetic" and get_preset("tiny_cpu", "rl").num_workers == 2
 
 
 # ---- on a tiny model -------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from raychat.train.config import PRESETS, PretrainConfig, derive, get_preset
-from raychat.train.context import LocalContext
+from raychat.train.harness import LocalContext
 from raychat.train.schedule import lr_multiplier, muon_momentum, weight_decay_at
 
 

@@ -17,16 +17,9 @@ from safetensors.torch import load_file
 from raychat.cli import main as cli_main
 from raychat.tasks import SimpleArithmetic
 from raychat.tokenizer import Tokenizer
-from raychat.train.context import LocalContext
-from raychat.train.sft import (
-    ConversationLoader,
-    SFTConfig,
-    build_mixture,
-    masked_loss_sum,
-    rows_to_batch,
-    tiny_cpu,
-    train,
-)
+from raychat.train.config import SFTConfig, get_preset
+from raychat.train.harness import LocalContext, rows_to_batch
+from raychat.train.sft import ConversationLoader, build_mixture, masked_loss_sum, train
 
 TOK = Tokenizer.byte_level()
 TOOL_CONV = {"messages": [
@@ -166,7 +159,7 @@ def test_config_validation_and_mixture(tmp_path):
         SFTConfig(mixture="default,NoSuchTask")
     with pytest.raises(ValueError, match="EPOCHS"):
         SFTConfig(mixture="SimpleArithmetic:0")
-    assert tiny_cpu().num_workers == 2
+    assert get_preset("tiny_cpu", "sft").num_workers == 2
     assert len(build_mixture(SFTConfig(mixture="SimpleArithmetic:2.5,Identity", synthetic_size=10))) == 35
     extra = tmp_path / "mine.jsonl"
     extra.write_text(json.dumps({"messages": [{"role": "user", "content": "who?"},

@@ -1,5 +1,7 @@
 """The whole pipeline end to end on toy shapes (`--preset smoke`, no Ray): tokenizer -> tokenizer eval ->
-pretrain -> base eval -> SFT -> chat eval -> report; a rerun skips every finished stage."""
+pretrain -> base eval -> SFT -> chat eval -> report; a rerun skips every finished stage. The stages are called
+directly (typed configs to the train launcher, each command's own parser for the rest), never through the CLI's
+argv again."""
 
 import json
 
@@ -8,9 +10,14 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_speedrun_runs_every_stage_then_resumes(tmp_path, capsys):
+def test_smoke_speedrun_runs_every_stage_then_resumes(tmp_path, capsys, monkeypatch):
+    import raychat.cli
     from raychat.cli import main
 
+    def reentered(argv=None):
+        raise AssertionError(f"the speedrun re-entered the CLI with {argv}")
+
+    monkeypatch.setattr(raychat.cli, "main", reentered)
     run = tmp_path / "run"
     assert main(["speedrun", "--preset", "smoke", "--run-dir", str(run), "--no-ray"]) == 0
     out = capsys.readouterr().out

@@ -8,21 +8,12 @@
 
 from __future__ import annotations
 
-from raychat.commands.pretrain import add_launch_args
-from raychat.train.cli_args import add_config_args
-from raychat.train.grpo import PRESETS, GRPOConfig
+from raychat.train.harness import add_stage_args, run_stage
 
 
 def add_arguments(p):
-    add_config_args(p, GRPOConfig, PRESETS)
-    add_launch_args(p)
+    add_stage_args(p, "rl")
 
 
 def run(args):
-    from raychat.commands.pretrain import launch
-    from raychat.commands.sft import prepare_config
-    from raychat.train.cli_args import config_from_args
-
-    cfg = prepare_config(config_from_args(args, GRPOConfig, PRESETS), args)
-    launch("raychat.train.grpo", cfg, "rl", args)
-    return 0
+    return run_stage("rl", args)

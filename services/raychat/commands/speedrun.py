@@ -7,22 +7,27 @@
     raychat speedrun --preset gpt2_8xh100                         # one 8xH100 node (downloads data + evals)
     ray job submit -- raychat speedrun --preset gpt2_8xh100       # on a Ray cluster
 Stage timings go to <run>/speedrun.json and into the report.
+
+The pipeline is a list of `Stage(name, done, run)` built by `stages()`: a new stage is one more entry. Training
+stages get typed configs (the preset ladder + this preset's overrides) and go straight to the train package's
+launcher; the other stages call their command's `run` with the arguments that command's own parser defines.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass
 class SpeedrunPreset:
-    pretrain_preset: str
-    sft_preset: str
-    rl_preset: str
+    model: str                          # the size on the training preset ladder (raychat.train.config.LADDER)
     vocab_size: int = 32768
     tok_max_chars: int = 2_000_000_000
     download_shards: int = 0            # 0 = use local data (../shared/data/pretrain or --data-dir)
@@ -31,31 +36,26 @@ class SpeedrunPreset:
     chat_max_per_task: int = -1
     rl: bool = True
     hardware: str = "8xH100"
-    extra_pretrain: list = field(default_factory=list)
-    extra_sft: list = field(default_factory=list)
-    extra_rl: list = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)   # stage -> config fields on top of the ladder
 
 
 PRESETS = {
-    "tiny_cpu": SpeedrunPreset("tiny_cpu", "tiny_cpu", "tiny_cpu", vocab_size=8192, tok_max_chars=30_000_000,
-                               core_max_per_task=100, chat_tasks="ARC-Easy,ARC-Challenge,MMLU,GSM8K,SpellingBee",
-                               chat_max_per_task=40, rl=False, hardware="cpu"),
+    "tiny_cpu": SpeedrunPreset("tiny_cpu", vocab_size=8192, tok_max_chars=30_000_000, core_max_per_task=100,
+                               chat_tasks="ARC-Easy,ARC-Challenge,MMLU,GSM8K,SpellingBee", chat_max_per_task=40,
+                               rl=False, hardware="cpu"),
     # the whole pipeline on toy shapes in a couple of minutes: what the test suite runs end to end
-    "smoke": SpeedrunPreset("tiny_cpu", "tiny_cpu", "tiny_cpu", vocab_size=512, tok_max_chars=2_000_000,
-                            core_max_per_task=2, chat_tasks="ARC-Easy,SpellingBee", chat_max_per_task=2, rl=False,
-                            hardware="cpu",
-                            extra_pretrain=["--depth", "2", "--aspect-ratio", "32", "--head-dim", "32", "--seq-len",
-                                            "128", "--device-batch-size", "4", "--total-batch-size", "512",
-                                            "--num-iterations", "12", "--eval-every", "6", "--eval-tokens", "2048",
-                                            "--sample-every", "-1", "--num-workers", "1", "--metrics-port", "0",
-                                            "--compile", "false"],
-                            extra_sft=["--num-iterations", "6", "--device-batch-size", "2", "--total-batch-rows", "2",
-                                       "--synthetic-size", "50", "--num-val-examples", "8", "--eval-every", "-1",
-                                       "--chat-eval-tasks", "", "--num-workers", "1", "--metrics-port", "0",
-                                       "--mixture", "SimpleArithmetic,SpellingBee"]),
-    "gpt2_8xh100": SpeedrunPreset("gpt2_8xh100", "gpt2_8xh100", "gpt2_8xh100", vocab_size=32768,
-                                  tok_max_chars=2_000_000_000, download_shards=240, core_max_per_task=-1,
-                                  chat_max_per_task=-1, rl=True, hardware="8xH100"),
+    "smoke": SpeedrunPreset("tiny_cpu", vocab_size=512, tok_max_chars=2_000_000, core_max_per_task=2,
+                            chat_tasks="ARC-Easy,SpellingBee", chat_max_per_task=2, rl=False, hardware="cpu",
+                            overrides={
+                                "pretrain": dict(depth=2, aspect_ratio=32, head_dim=32, seq_len=128,
+                                                 device_batch_size=4, total_batch_size=512, num_iterations=12,
+                                                 eval_every=6, eval_tokens=2048, sample_every=-1, num_workers=1,
+                                                 metrics_port=0, compile=False),
+                                "sft": dict(num_iterations=6, device_batch_size=2, total_batch_rows=2,
+                                            synthetic_size=50, num_val_examples=8, eval_every=-1, chat_eval_tasks="",
+                                            num_workers=1, metrics_port=0, mixture="SimpleArithmetic,SpellingBee")}),
+    "gpt2_8xh100": SpeedrunPreset("gpt2_8xh100", vocab_size=32768, tok_max_chars=2_000_000_000, download_shards=240,
+                                  core_max_per_task=-1, chat_max_per_task=-1, rl=True, hardware="8xH100"),
 }
 
 
@@ -71,17 +71,26 @@ def add_arguments(p):
     p.add_argument("--no-ray", action="store_true", help="run the training stages in this process, without Ray")
 
 
-def _cli(argv: list[str]) -> None:
-    from raychat.cli import main
-    from raychat.common import RaychatError
-
-    print(f"\n$ raychat {' '.join(argv)}", flush=True)
-    rc = main(argv)
-    if rc != 0:
-        raise RaychatError(f"stage command failed (exit {rc}): raychat {' '.join(argv)}")
+@dataclass
+class Stage:
+    name: str
+    done: Callable[[], bool]            # its output exists: skipped
+    run: Callable[[], object]
 
 
-def _final_checkpoint(run_dir: Path, stage: str) -> str:
+def command(name: str, *positional: str, **values) -> None:
+    """`raychat <name>` through its module's own parser: its defaults, then `values` (typed, no flag strings)."""
+    mod = importlib.import_module(f"raychat.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"raychat {name}")
+    mod.add_arguments(parser)
+    args = parser.parse_args(list(positional))
+    for k, v in values.items():
+        setattr(args, k, v)
+    print(f"\n$ raychat {name.replace('_', '-')} {' '.join(positional)}", flush=True)
+    mod.run(args)
+
+
+def final_checkpoint(run_dir: Path, stage: str) -> str:
     """'done' when the latest checkpoint of the stage is the final one, 'partial' when one exists, else ''."""
     from raychat.checkpoint import latest_checkpoint, read_meta
 
@@ -93,73 +102,84 @@ def _final_checkpoint(run_dir: Path, stage: str) -> str:
     return "done" if meta.get("final") or (planned is not None and meta.get("step") == planned) else "partial"
 
 
+def training(stage: str, ckpt_dir: str, preset: SpeedrunPreset, args, run_dir: Path, **fields) -> Stage:
+    """A training stage: the ladder's config for the preset's model size, its overrides, the run's paths; resumed
+    when a partial checkpoint exists."""
+    from raychat.train.config import get_preset
+    from raychat.train.harness import launch
+
+    def run():
+        cfg = get_preset(preset.model, stage).replace(run_dir=str(run_dir), **fields,
+                                                      **({"run": f"{args.run}-{stage}"} if args.run else {}),
+                                                      **preset.overrides.get(stage, {}))
+        launch(stage, cfg, resume=final_checkpoint(run_dir, ckpt_dir) == "partial", no_ray=args.no_ray,
+               address=args.address)
+
+    return Stage(stage, lambda: final_checkpoint(run_dir, ckpt_dir) == "done", run)
+
+
+def stages(preset: SpeedrunPreset, args, run_dir: Path, data_dir: str) -> list[Stage]:
+    rd, exists = {"run_dir": str(run_dir)}, (lambda rel: lambda: (run_dir / rel).is_file())
+    out = []
+    if preset.download_shards and args.data_dir is None:
+        def download():
+            command("data", "download", num_shards=preset.download_shards, out=data_dir)
+            (Path(data_dir) / ".complete").write_text("ok\n")
+        out.append(Stage("data", lambda: (Path(data_dir) / ".complete").exists(), download))
+    out += [
+        Stage("tokenizer", exists("tokenizer/tokenizer.json"),
+              lambda: command("tok_train", **rd, data_dir=data_dir, vocab_size=preset.vocab_size,
+                              max_chars=preset.tok_max_chars)),
+        Stage("tokenizer_eval", exists("evals/tokenizer.json"), lambda: command("tok_eval", **rd, data_dir=data_dir)),
+        training("pretrain", "base", preset, args, run_dir, data_dir=data_dir),
+        Stage("base_eval", exists("evals/base.json"),
+              lambda: command("eval", "base", **rd, data_dir=data_dir, max_per_task=preset.core_max_per_task,
+                              download_bundle=bool(preset.download_shards))),
+        training("sft", "sft", preset, args, run_dir),
+        Stage("chat_eval", exists("evals/chat_sft.json"),
+              lambda: command("eval", "chat", **rd, stage="sft", tasks=preset.chat_tasks,
+                              max_per_task=preset.chat_max_per_task)),
+    ]
+    if preset.rl if args.rl is None else args.rl:
+        out += [training("rl", "rl", preset, args, run_dir),
+                Stage("rl_eval", exists("evals/chat_rl.json"),
+                      lambda: command("eval", "chat", **rd, stage="rl", tasks="GSM8K",
+                                      max_per_task=preset.chat_max_per_task))]
+    return out + [Stage("report", lambda: False, lambda: command("report", **rd))]
+
+
 def run(args):
     from raychat.common import RaychatError, resolve_run_dir, shared_data_dir
 
     preset = PRESETS[args.preset]
     run_dir = resolve_run_dir(args.run_dir, args.preset)
-    do_rl = preset.rl if args.rl is None else args.rl
     data_dir = args.data_dir
     if data_dir is None and preset.download_shards == 0:
         if shared_data_dir() is None:
             raise RaychatError("no ../shared/data next to the repository: pass --data-dir with parquet shards "
                                "(see `raychat data prepare` / `raychat data download`)")
         data_dir = str(shared_data_dir() / "pretrain")
-    launch = (["--address", args.address] if args.address else []) + (["--no-ray"] if args.no_ray else [])
-    wandb = (lambda s: ["--run", f"{args.run}-{s}"]) if args.run else (lambda s: [])
+    elif data_dir is None:
+        data_dir = str(Path(os.environ.get("RAYCHAT_HOME", Path.home() / ".cache" / "raychat")) / "data" / "climbmix")
     state_path = run_dir / "speedrun.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     state.update({"preset": args.preset, "hardware": preset.hardware})
     state.setdefault("stages", {})
-
-    def stage(name: str, done: bool, fn) -> None:
-        if done:
-            print(f"[speedrun] {name}: output exists, skipped", flush=True)
-            state["stages"].setdefault(name, {"seconds": 0.0, "status": "skipped"})
-            return
-        print(f"\n[speedrun] ===== {name} =====", flush=True)
+    t_start = time.time()
+    plan = stages(preset, args, run_dir, data_dir)
+    for stage in plan:
+        if stage.done():
+            print(f"[speedrun] {stage.name}: output exists, skipped", flush=True)
+            state["stages"].setdefault(stage.name, {"seconds": 0.0, "status": "skipped"})
+            continue
+        print(f"\n[speedrun] ===== {stage.name} =====", flush=True)
         t0 = time.time()
-        fn()
-        state["stages"][name] = {"seconds": round(time.time() - t0, 1), "status": "ran"}
+        stage.run()
+        state["stages"][stage.name] = {"seconds": round(time.time() - t0, 1), "status": "ran"}
         tmp = state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, state_path)
-
-    rd = ["--run-dir", str(run_dir)]
-    t_start = time.time()
-    if preset.download_shards and data_dir is None:
-        data_dir = str(Path(os.environ.get("RAYCHAT_HOME", Path.home() / ".cache" / "raychat")) / "data" / "climbmix")
-        stage("data", (Path(data_dir) / ".complete").exists(),
-              lambda: (_cli(["data", "download", "--num-shards", str(preset.download_shards), "--out", data_dir]),
-                       (Path(data_dir) / ".complete").write_text("ok\n")))
-    stage("tokenizer", (run_dir / "tokenizer" / "tokenizer.json").is_file(),
-          lambda: _cli(["tok-train", *rd, "--data-dir", data_dir, "--vocab-size", str(preset.vocab_size),
-                        "--max-chars", str(preset.tok_max_chars)]))
-    stage("tokenizer_eval", (run_dir / "evals" / "tokenizer.json").is_file(),
-          lambda: _cli(["tok-eval", *rd, "--data-dir", data_dir]))
-    base = _final_checkpoint(run_dir, "base")
-    stage("pretrain", base == "done",
-          lambda: _cli(["pretrain", "--preset", preset.pretrain_preset, *rd, "--data-dir", data_dir, *launch,
-                        *wandb("pretrain"), *(["--resume"] if base == "partial" else []), *preset.extra_pretrain]))
-    stage("base_eval", (run_dir / "evals" / "base.json").is_file(),
-          lambda: _cli(["eval", "base", *rd, "--data-dir", data_dir, "--max-per-task",
-                        str(preset.core_max_per_task), *(["--download-bundle"] if preset.download_shards else [])]))
-    sft = _final_checkpoint(run_dir, "sft")
-    stage("sft", sft == "done",
-          lambda: _cli(["sft", "--preset", preset.sft_preset, *rd, *launch, *wandb("sft"),
-                        *(["--resume"] if sft == "partial" else []), *preset.extra_sft]))
-    stage("chat_eval", (run_dir / "evals" / "chat_sft.json").is_file(),
-          lambda: _cli(["eval", "chat", *rd, "--stage", "sft", "--tasks", preset.chat_tasks, "--max-per-task",
-                        str(preset.chat_max_per_task)]))
-    if do_rl:
-        rl = _final_checkpoint(run_dir, "rl")
-        stage("rl", rl == "done", lambda: _cli(["rl", "--preset", preset.rl_preset, *rd, *launch, *wandb("rl"),
-                                                *(["--resume"] if rl == "partial" else []), *preset.extra_rl]))
-        stage("rl_eval", (run_dir / "evals" / "chat_rl.json").is_file(),
-              lambda: _cli(["eval", "chat", *rd, "--stage", "rl", "--tasks", "GSM8K", "--max-per-task",
-                            str(preset.chat_max_per_task)]))
-    stage("report", False, lambda: _cli(["report", *rd]))
-    final = "rl" if do_rl else "sft"
+    final = "rl" if any(s.name == "rl" for s in plan) else "sft"
     print(f"\n[speedrun] finished in {(time.time() - t_start) / 60:.1f} min; report: {run_dir / 'report.md'}")
     print("Chat with your model:")
     print(f"  raychat chat --run-dir {run_dir} --stage {final}                 # in the terminal")

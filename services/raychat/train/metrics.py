@@ -1,6 +1,8 @@
 """Training metrics: a JSONL file in the run directory (always), Prometheus gauges scrapeable while the job
-runs (rank 0 serves them on RAYCHAT_METRICS_PORT / --metrics-port, default 9101, 0 = off), wandb when a run
-name is given (WANDB_MODE=offline|disabled respected), and a progress bar with ETA on the console.
+runs (rank 0 serves them on --metrics-port / RAYCHAT_METRICS_PORT, default 9101, 0 = off, bound to
+--metrics-host / RAYCHAT_METRICS_HOST, default 127.0.0.1: set 0.0.0.0 where Prometheus scrapes from another
+host or container), wandb when a run name is given (WANDB_MODE=offline|disabled respected), and a progress bar
+with ETA on the console.
 
 Prometheus names follow CONVENTIONS.md; the job ("pretrain" | "sft" | "rl") is a label.
 """
@@ -34,7 +36,8 @@ class TrainMetrics:
     """One per job and process; only rank 0 writes files, serves Prometheus, talks to wandb and draws."""
 
     def __init__(self, run_dir: Path, job: str, rank: int = 0, total_steps: int = 0, start_step: int = 0,
-                 wandb_run: str | None = None, config: dict | None = None, metrics_port: int | None = None):
+                 wandb_run: str | None = None, config: dict | None = None, metrics_port: int | None = None,
+                 metrics_host: str | None = None):
         self.job = job
         self.active = rank == 0
         self.path = Path(run_dir) / "metrics.jsonl"
@@ -47,14 +50,14 @@ class TrainMetrics:
         self.registry = CollectorRegistry()
         self.gauges = {n: Gauge(n, h, ["stage"], registry=self.registry) for n, (h, _) in _GAUGES.items()}
         port = int(os.environ.get("RAYCHAT_METRICS_PORT", 9101)) if metrics_port is None else metrics_port
+        host = metrics_host or os.environ.get("RAYCHAT_METRICS_HOST") or "127.0.0.1"
         if port:
             try:
-                server, _ = start_http_server(port, addr=os.environ.get("RAYCHAT_METRICS_ADDR", "127.0.0.1"),
-                                              registry=self.registry)
+                server, _ = start_http_server(port, addr=host, registry=self.registry)
                 self.port = server.server_port
                 self._server = server
             except OSError as e:
-                print(f"[metrics] Prometheus port {port} unavailable ({e}); continuing without it", flush=True)
+                print(f"[metrics] Prometheus {host}:{port} unavailable ({e}); continuing without it", flush=True)
         if wandb_run:
             import wandb
 

@@ -1,5 +1,4 @@
-"""Pretraining loop: plain PyTorch, `train(config, ctx)`. Ray Train launches it (`raychat pretrain`), but it
-also runs in one process (`raychat pretrain --no-ray`) or under torchrun, through the same code path.
+"""Pretraining: the data, the step and the evals of the base model; the harness does the rest.
 
     raychat pretrain --preset tiny_cpu                        # 2 CPU workers via Ray Train, a few minutes
     raychat pretrain --preset d12 --num-workers 1 --use-gpu   # one GPU
@@ -8,32 +7,25 @@ also runs in one process (`raychat pretrain --no-ray`) or under torchrun, throug
 
 One optimizer step: grad_accum micro-batches forward/backward, then MuonAdamW.step(), which does the gradient
 collectives itself (no DDP wrapper; nothing extra at world size 1). Training time counts only the steps
-(the leaderboard's definition); evaluation, sampling, checkpointing and logging are excluded.
+(the leaderboard's definition), and not the first (allocator and compile warm-up).
 """
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from raychat.checkpoint import list_checkpoints, load_state, read_meta, save_checkpoint
-from raychat.common import RaychatError, detect_device, print0, resolve_run_dir, shared_data_dir
-from raychat.model.attention import select_backend
+from raychat.common import RaychatError, print0, shared_data_dir
 from raychat.train.config import PretrainConfig, derive, model_config_for
-from raychat.train.context import fault_injection
-from raychat.train.metrics import TrainMetrics
-from raychat.train.schedule import lr_multiplier, muon_momentum, weight_decay_at
+from raychat.train.harness import Eval, Harness, load_tokenizer, main
+from raychat.train.schedule import muon_momentum, weight_decay_at
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then "
                   "tomorrow will be", "The opposite of hot is", "The planets of the solar system are:"]
 
 
-def resolve_paths(cfg: PretrainConfig) -> tuple[Path, Path]:
-    run_dir = resolve_run_dir(cfg.run_dir or None, cfg.run or "default")
+def data_dir_of(cfg: PretrainConfig) -> Path:
     if cfg.data_dir:
         data_dir = Path(cfg.data_dir).expanduser()
     elif shared_data_dir() is not None:
@@ -43,15 +35,17 @@ def resolve_paths(cfg: PretrainConfig) -> tuple[Path, Path]:
                            "`raychat data download --out DIR` and pass --data-dir DIR")
     if not data_dir.is_dir():
         raise RaychatError(f"data dir {data_dir} does not exist")
-    return run_dir, data_dir
+    return data_dir
 
 
-def setup_threads(cfg_threads: int, world_size: int, device_type: str) -> None:
-    if device_type == "cpu":
-        import os
-
-        n = cfg_threads or max(1, (os.cpu_count() or 1) // world_size)
-        torch.set_num_threads(n)
+def preflight(cfg: PretrainConfig, resume: bool, world: int) -> PretrainConfig:
+    """In the driver, before any worker starts: the shards and the tokenizer exist, the batch divides."""
+    cfg = cfg.replace(data_dir=str(data_dir_of(cfg).resolve()))
+    try:
+        derive(cfg, load_tokenizer(Path(cfg.run_dir)).vocab_size, world)
+    except ValueError as e:
+        raise RaychatError(str(e)) from None
+    return cfg
 
 
 def convert_fp8(model, recipe: str) -> int:
@@ -91,153 +85,32 @@ def sample(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens: int = 16) -> li
 
     eng = Engine(model, tokenizer, max_batch_size=len(prompts), cuda_graphs=False)  # a model in training
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
-    outs = []
-    for p in prompts:
-        ids = tokenizer.encode(p, prepend=tokenizer.bos_id)
-        outs.append(p + tokenizer.decode(eng.generate(ids, params)[0]))
-    return outs
-
-
-def evaluate_val_bpb(model, tokenizer, data_dir, cfg: PretrainConfig, rank: int, world: int, device) -> float:
-    from raychat.data import PackedLoader
-    from raychat.evals.loss import evaluate_bpb
-
-    per_step = cfg.device_batch_size * cfg.seq_len * world
-    steps = max(1, cfg.eval_tokens // per_step)
-    loader = PackedLoader(tokenizer, data_dir, split="val", batch_size=cfg.device_batch_size, seq_len=cfg.seq_len,
-                          rank=rank, world_size=world, device=device, seed=0, prefetch=0,
-                          buffer_size=100)
-    try:
-        return evaluate_bpb(model, loader, steps, tokenizer.token_bytes.to(device))
-    finally:
-        loader.close()
+    return [p + tokenizer.decode(eng.generate(tokenizer.encode(p, prepend=tokenizer.bos_id), params)[0])
+            for p in prompts]
 
 
 def train(cfg: PretrainConfig, ctx) -> dict:
     from raychat.data import PackedLoader
-    from raychat.model import GPT
-    from raychat.optim import build_optimizer
-    from raychat.perf import mfu, peak_flops
-    from raychat.tokenizer import Tokenizer
+    from raychat.evals.core import evaluate_core, find_eval_bundle
+    from raychat.evals.loss import evaluate_bpb
 
-    rank, world = ctx.rank, ctx.world_size
-    dev = detect_device(cfg.device or ("cuda" if cfg.use_gpu else None), cfg.dtype or None, ctx.local_rank)
-    setup_threads(cfg.num_threads, world, dev.device_type)
-    run_dir, data_dir = resolve_paths(cfg)
-    tok_dir = run_dir / "tokenizer"
-    if not tok_dir.is_dir():
-        raise RaychatError(f"no tokenizer in {tok_dir}; train one first: raychat tok-train --run-dir {run_dir}")
-    tokenizer = Tokenizer.load(tok_dir)
-    plan = derive(cfg, tokenizer.vocab_size, world)
-    attn, why = select_backend(dev.device_type)  # decided before any compile
-    print0(f"[pretrain] {dev.describe()}; attention {attn} ({why}); world size {world}")
-    print0(f"[pretrain] config:\n{cfg.to_json()}")
-    print0(f"[pretrain] plan: {plan}")
+    h = Harness(cfg, ctx, "pretrain")
+    tok, dev, data_dir = h.tokenizer, h.dev.device, data_dir_of(cfg)
+    plan = derive(cfg, tok.vocab_size, h.world)
+    h.plan.update(plan)
+    model, optimizer = h.build({k: plan[k] for k in h.lrs()}, model_config_for(cfg, tok.vocab_size).to_dict())
+    loader = PackedLoader(tok, data_dir, split="train", batch_size=cfg.device_batch_size, seq_len=cfg.seq_len,
+                          rank=h.rank, world_size=h.world, device=dev, seed=cfg.seed)
+    if h.resume_dir:
+        loader.load_state_dict(h.rank_state("loader"))
+    train_model = apply_gpu_options(model, cfg, h.dev.device_type)
+    accum, n_iter = plan["grad_accum_steps"], plan["num_iterations"]
 
-    torch.manual_seed(cfg.seed)
-    mcfg = model_config_for(cfg, tokenizer.vocab_size)
-    with torch.device("meta"):
-        model = GPT(mcfg, compute_dtype=dev.dtype)
-    model.to_empty(device=dev.device)
-    model.init_weights()
-    flops_per_token = model.num_flops_per_token()
-    optimizer = build_optimizer(model, embedding_lr=plan["embedding_lr"], unembedding_lr=plan["unembedding_lr"],
-                                matrix_lr=plan["matrix_lr"], scalar_lr=plan["scalar_lr"],
-                                weight_decay=plan["weight_decay"])
-    for g in optimizer.param_groups:
-        g.setdefault("initial_lr", g["lr"])
-        g.setdefault("initial_weight_decay", g.get("weight_decay", 0.0))
-    loader = PackedLoader(tokenizer, data_dir, split="train", batch_size=cfg.device_batch_size, seq_len=cfg.seq_len,
-                          rank=rank, world_size=world, device=dev.device, seed=cfg.seed)
-
-    ckpt_root = run_dir / "checkpoints" / "base"
-    start_step, total_time, resumed = 0, 0.0, None
-    resume_dir = ctx.resume_dir()
-    if resume_dir is not None:
-        meta = load_state(resume_dir, model, optimizer, rank=rank)
-        rank_state = read_meta(resume_dir).get("rank_state", {}).get(str(rank))
-        if rank_state is None:
-            raise RaychatError(f"checkpoint {resume_dir} has no loader state for rank {rank}")
-        loader.load_state_dict(rank_state["loader"])
-        start_step, total_time, resumed = meta["step"], meta.get("total_training_time", 0.0), str(resume_dir)
-        print0(f"[pretrain] resumed from {resume_dir} at step {start_step}")
-
-    num_iterations, accum = plan["num_iterations"], plan["grad_accum_steps"]
-    peak, peak_src = peak_flops(dev.device_type, dev.dtype)
-    sink = TrainMetrics(run_dir, "pretrain", rank, num_iterations, start_step, cfg.run or None,
-                        {"config": cfg.to_dict(), "plan": plan, "model": mcfg.to_dict()},
-                        None if cfg.metrics_port < 0 else cfg.metrics_port)
-    sink.log({"event": "plan", **plan, "flops_per_token": flops_per_token, "peak_flops": peak,
-              "peak_flops_source": peak_src, "resumed_from": resumed, "world_size": world,
-              "device": str(dev.device), "dtype": str(dev.dtype)})
-    train_model = apply_gpu_options(model, cfg, dev.device_type)
-
-    def checkpoint(step: int, extra: dict) -> Path:
-        # every rank's loader state goes into meta.json (gathered to rank 0), optimizer shards per rank
-        states = [None] * world
-        local = {"loader": loader.state_dict()}
-        if world > 1:
-            dist.all_gather_object(states, local)
-        else:
-            states = [local]
-        meta = {"total_training_time": total_time, "plan": plan,
-                "rank_state": {str(r): s for r, s in enumerate(states)}, **extra}
-        path = save_checkpoint(ckpt_root, step, model, optimizer, cfg.to_dict(), meta, rank, world)
-        if rank == 0 and cfg.keep_checkpoints > 0:
-            import shutil
-
-            for _, old in list_checkpoints(ckpt_root)[:-cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        return path
-
-    val_bpb, ema, last = None, 0.0, {}
-    step = start_step
-    model.train()
-    while True:
-        time_up = cfg.max_seconds > 0 and total_time >= cfg.max_seconds
-        if world > 1 and cfg.max_seconds > 0:  # every rank must stop at the same step
-            flag = torch.tensor([float(time_up)], device=dev.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            time_up = bool(flag.item())
-        last_step = step == num_iterations or time_up  # a time-capped run still evaluates and checkpoints
-        # ---- periodic evaluation (not counted as training time) ----
-        if cfg.eval_every > 0 and (last_step or step % cfg.eval_every == 0) or (last_step and cfg.eval_every < 0):
-            model.eval()
-            val_bpb = evaluate_val_bpb(model, tokenizer, data_dir, cfg, rank, world, dev.device)
-            model.train()
-            sink.log({"event": "eval", "step": step, "val_bpb": val_bpb})
-            print0(f"[pretrain] step {step}: val bpb {val_bpb:.4f}")
-        if cfg.core_every > 0 and (last_step or (step > 0 and step % cfg.core_every == 0)):
-            from raychat.evals.core import evaluate_core, find_eval_bundle
-
-            model.eval()
-            res = evaluate_core(model, tokenizer, find_eval_bundle(download=rank == 0), dev.device,
-                                max_per_task=cfg.core_max_per_task, max_seq_len=cfg.seq_len)
-            model.train()
-            sink.log({"event": "core", "step": step, "core": res["core"]})
-        if rank == 0 and cfg.sample_every > 0 and (last_step or (step > 0 and step % cfg.sample_every == 0)):
-            model.eval()
-            samples = sample(model, tokenizer)
-            model.train()
-            sink.log({"event": "samples", "step": step, "samples": samples})
-            for s in samples:
-                print0(f"[sample] {s!r}")
-        if last_step or (cfg.save_every > 0 and step > start_step and step % cfg.save_every == 0):
-            path = checkpoint(step, {"val_bpb": val_bpb, "loss": last.get("loss"), "final": last_step})
-            ctx.report({"step": step, "val_bpb": val_bpb, **last}, checkpoint_dir=path)
-        if last_step:
-            break
-
-        # ---- one optimizer step ----
-        lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+    def step(it: int) -> dict:
         for g in optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * lrm
             if g["kind"] == "muon":
-                g["momentum"] = muon_momentum(step)
-                g["weight_decay"] = weight_decay_at(step, num_iterations, g["initial_weight_decay"])
-        if dev.device_type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+                g["momentum"] = muon_momentum(it)
+                g["weight_decay"] = weight_decay_at(it, n_iter, g["initial_weight_decay"])
         loss_sum = 0.0
         for _ in range(accum):
             x, y = next(loader)
@@ -246,54 +119,40 @@ def train(cfg: PretrainConfig, ctx) -> dict:
             loss_sum += loss.detach()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if dev.device_type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        step += 1
-        fault_injection(step, rank)
-        if step > start_step + 1 or start_step > 0 or num_iterations < 10:
-            total_time += dt  # the very first step (allocator/compile warm-up) is not counted
-        loss_val = float(loss_sum) / accum
-        if not math.isfinite(loss_val):
-            raise RuntimeError(f"loss is {loss_val} at step {step}: training diverged")
-        ema = 0.9 * ema + 0.1 * loss_val
-        smooth = ema / (1 - 0.9 ** (step - start_step))
-        tps = plan["total_batch_size"] / dt
-        last = {"loss": smooth, "raw_loss": loss_val, "tokens_per_second": tps,
-                "mfu": mfu(flops_per_token, tps, peak, world), "step_seconds": dt, "lr": lrm,
-                "total_training_time": total_time}
-        sink.step(1, loss=round(smooth, 4), tok_s=int(tps))
-        if step % cfg.log_every == 0 or step == num_iterations:
-            sink.log({"event": "train", "step": step, **last})
-            if step != num_iterations and not (cfg.save_every > 0 and step % cfg.save_every == 0):
-                ctx.report({"step": step, **last})
-    summary = {"event": "done", "step": step, "val_bpb": val_bpb, "total_training_time": total_time,
-               "final_loss": last.get("loss"), "checkpoint": str(ckpt_root)}
-    sink.log(summary)
-    sink.close()
-    loader.close()
-    print0(f"[pretrain] done: {summary}")
-    return summary
+        return {"loss": loss_sum / accum, "tokens": plan["total_batch_size"]}
 
+    def val_bpb(it: int) -> dict:
+        steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.seq_len * h.world))
+        val = PackedLoader(tok, data_dir, split="val", batch_size=cfg.device_batch_size, seq_len=cfg.seq_len,
+                           rank=h.rank, world_size=h.world, device=dev, seed=0, prefetch=0, buffer_size=100)
+        try:
+            return {"val_bpb": evaluate_bpb(model, val, steps, tok.token_bytes.to(dev))}
+        finally:
+            val.close()
 
-def main(argv=None) -> int:
-    """torchrun entry point: the same loop without Ray."""
-    import argparse
+    def core(it: int) -> dict:
+        res = evaluate_core(model, tok, find_eval_bundle(download=h.rank == 0), dev,
+                            max_per_task=cfg.core_max_per_task, max_seq_len=cfg.seq_len)
+        return {"core": res["core"]}
 
-    from raychat.train.cli_args import add_config_args, config_from_args
-    from raychat.train.context import LocalContext
+    def samples(it: int) -> dict:
+        if h.rank:
+            return {}
+        out = sample(model, tok)
+        for s in out:
+            print0(f"[sample] {s!r}")
+        return {"samples": out}
 
-    p = argparse.ArgumentParser(prog="python -m raychat.train.pretrain")
-    add_config_args(p, PretrainConfig)
-    args = p.parse_args(argv)
-    cfg = config_from_args(args, PretrainConfig)
-    ctx = LocalContext()
+    evals = [Eval("eval", cfg.eval_every, val_bpb)]
+    evals += [Eval("core", cfg.core_every, core, zero=False)] if cfg.core_every > 0 else []
+    evals += [Eval("samples", cfg.sample_every, samples, zero=False)] if cfg.sample_every > 0 else []
     try:
-        train(cfg, ctx)
+        return h.run(model, optimizer, n_iter, step, evals, state=lambda: {"loader": loader.state_dict()},
+                     progress={"loss": "loss", "tok_s": "tokens_per_second"},
+                     flops_per_token=model.num_flops_per_token(), count_first_step=False)
     finally:
-        ctx.close()
-    return 0
+        loader.close()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main("pretrain"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from raychat.common import RaychatError
@@ -58,7 +58,23 @@ def _worker_entry(payload: dict) -> None:
     mod.train(cfg, ctx)
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+def quiet_ray_train() -> None:
+    """Every process of an embedded job starts with this: Ray Train's own loggers write to RAYCHAT_RAY_LOG, not
+    to the console. Without a dashboard the State API is absent, and Ray Train's placement-group cleaner warns
+    about that every second (710 lines in a tiny speedrun); processes where Ray Train configures its loggers
+    itself keep its console handler, which the job's LoggingConfig limits to errors. Its worker context logs
+    every report (per rank) under a logger named by its file path."""
+    import logging
+    from importlib.util import find_spec
+
+    handler = logging.FileHandler(os.environ["RAYCHAT_RAY_LOG"])
+    for name in ("ray.train", find_spec("ray.train.v2._internal.execution.context").origin):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, log_file: Path | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -66,6 +82,12 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address is None:
         # embedded: a local Ray for this job only, small object store (we pass no big objects)
         kwargs.update(num_cpus=num_cpus, include_dashboard=False, object_store_memory=256 * 1024**2)
+        if log_file is not None:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            # no preemption watcher: one machine is never drained, and its actor logs an error line at start
+            kwargs["runtime_env"] = {"worker_process_setup_hook": "raychat.train.ray_job.quiet_ray_train",
+                                     "env_vars": {"RAYCHAT_RAY_LOG": str(log_file),
+                                                  "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
     ray.init(address=address, **kwargs)
 
 
@@ -73,18 +95,21 @@ def run_job(module: str, config, *, num_workers: int, use_gpu: bool, name: str, 
             resume_from: Path | None = None, max_failures: int = 2, num_to_keep: int = 3, address: str | None = None,
             cpus_per_worker: float = 1.0, env: dict | None = None):
     """Run `<module>.train(config, ctx)` on `num_workers` Ray Train workers; returns the ray Result."""
+    log_file = Path(storage_path).resolve() / "ray_train.log"
     if use_gpu:
-        init_ray(address)
+        init_ray(address, log_file=log_file)
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < num_workers:
             raise RaychatError(f"--use-gpu with {num_workers} workers needs {num_workers} GPUs; the Ray cluster has "
                                f"{int(gpus)}")
     else:
-        init_ray(address, num_cpus=max(2, int(num_workers * cpus_per_worker)))
-    # Threads per CPU worker: one torch thread per reserved CPU so workers don't oversubscribe the cores.
-    env_vars = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker))), "RAY_TRAIN_V2_ENABLED": "1", **(env or {})}
-    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "RAYCHAT_METRICS_PORT", "RAYCHAT_FAULT_AT_STEP",
-                "RAYCHAT_FAULT_MARKER", "RAYCHAT_SHARED_DATA", "RAYCHAT_HOME"):
+        init_ray(address, num_cpus=max(2, int(num_workers * cpus_per_worker)), log_file=log_file)
+    # Threads per CPU worker: one torch thread per reserved CPU so workers don't oversubscribe the cores. No print
+    # patch: Ray Train would send every print to a logger as well as to stdout, and the console got each line twice.
+    env_vars = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker))), "RAY_TRAIN_V2_ENABLED": "1",
+                "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env or {})}
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "RAYCHAT_METRICS_PORT", "RAYCHAT_METRICS_HOST",
+                "RAYCHAT_FAULT_AT_STEP", "RAYCHAT_FAULT_MARKER", "RAYCHAT_SHARED_DATA", "RAYCHAT_HOME"):
         if key in os.environ:
             env_vars.setdefault(key, os.environ[key])
     trainer = TorchTrainer(
@@ -97,6 +122,18 @@ def run_job(module: str, config, *, num_workers: int, use_gpu: bool, name: str, 
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=num_to_keep),
+                             # Ray Train's own INFO/WARNING lines (e.g. a State API query that timed out, repeated
+                             # every second on a busy box) go to its log files only, not to the console
+                             logging_config=LoggingConfig(log_level="ERROR"),
                              worker_runtime_env={"env_vars": env_vars}),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.WorkerGroupError as e:
+        # bad input found only inside a worker (e.g. a corrupt checkpoint): its own one-line message, not Ray's
+        # report. Ray Train keeps each rank's exception, wrapped with its traceback.
+        for rank, err in sorted(e.worker_failures.items()):
+            err = getattr(err, "_base_exc", err)
+            if isinstance(err, RaychatError):
+                raise RaychatError(f"Ray Train job {name} failed on rank {rank}: {err}") from None
+        raise
