@@ -102,14 +102,13 @@ def _spawned(rank: int, world_size: int, init: str, out: str, scenario: str) -> 
 def _scenario_disk_full(rank: int, out: Path) -> None:
     """Rank 1's part of the checkpoint cannot be written (a full disk); rank 0's can."""
     import raychat.checkpoint as ck
-    from raychat.train.harness import save_checkpoint_agreed
     from tests.conftest import tiny_gpt
 
     if rank == 1:
         def full(*a, **k):
             raise OSError(28, "No space left on device")
         ck.write_checkpoint_files = full
-    save_checkpoint_agreed(out / "ckpts", 3, tiny_gpt(64), None, {}, {}, rank)
+    ck.save_checkpoint(out / "ckpts", 3, tiny_gpt(64), None, {}, {}, rank, 2)
 
 
 def _scenario_nan_on_one_rank(rank: int, out: Path) -> None:
@@ -164,7 +163,7 @@ def _spawn(scenario: str, tmp_path: Path) -> dict[int, str]:
 def test_a_checkpoint_that_fails_on_one_rank_fails_clearly_on_every_rank(tmp_path):
     res = _spawn("disk_full", tmp_path)
     for r in (0, 1):
-        assert res[r].startswith("RaychatError: checkpoint") and "failed on rank 1" in res[r], res
+        assert res[r].startswith("RaychatError: saving checkpoint step 3") and "writing files on rank 1" in res[r], res
         assert "No space left on device" in res[r]
     root = tmp_path / "ckpts"
     assert sorted(p.name for p in root.iterdir()) == [], "no temp dir and no half checkpoint left behind"

@@ -35,16 +35,15 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _agree(ok: bool) -> bool:
-    """True on every rank iff `ok` is True on every rank (a barrier that also carries the outcome)."""
+def _gather_errors(error: str | None) -> list[str | None]:
+    """Every rank's error (None = ok), on every rank: a barrier that also carries what went wrong where."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return ok
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([int(ok)], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        return [error]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, error)
+    return out
 
 
 def _fsync(path: Path) -> None:
@@ -91,10 +90,12 @@ def save_checkpoint(root: str | os.PathLike, step: int, model, optimizer=None, c
             work()
         except Exception as e:  # noqa: BLE001 - any failure must reach the agreement, or the other ranks hang
             error = e
-        if not _agree(error is None):
+        failed = {r: e for r, e in enumerate(_gather_errors(None if error is None else f"{type(error).__name__}: "
+                                                             f"{error}")) if e is not None}
+        if failed:
             if rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-            where = f"on rank {rank}: {error}" if error is not None else "on another rank"
+            where = "; ".join(f"on rank {r}: {e}" for r, e in failed.items())
             raise RaychatError(f"saving checkpoint step {step} to {root} failed while {what} {where}; the partial "
                                f"checkpoint was removed, earlier checkpoints are untouched") from error
 

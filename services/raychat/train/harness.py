@@ -60,45 +60,6 @@ def gather(obj) -> list:
     return out
 
 
-def agreed(what: str, fn: Callable[[], object]) -> None:
-    """Run fn on every rank and raise on every rank if it failed on any: a rank that fails alone must not leave
-    the others waiting at the next collective until the NCCL timeout."""
-    try:
-        fn()
-        err = None
-    except Exception as e:  # noqa: BLE001 - reported to every rank below, then raised
-        err = f"{type(e).__name__}: {e}"
-    failed = {r: e for r, e in enumerate(gather(err)) if e}
-    if failed:
-        raise RaychatError(f"{what} failed on rank {', rank '.join(f'{r} ({e})' for r, e in failed.items())}")
-
-
-def save_checkpoint_agreed(root: Path, step: int, model, optimizer, config: dict, meta: dict, rank: int) -> Path:
-    """raychat.checkpoint's layout (a temp dir every rank writes its part into, renamed by rank 0), with each
-    phase agreed across ranks; on a failure the temp dir is removed and every rank raises."""
-    from raychat.checkpoint import step_dir_name, write_checkpoint_files
-
-    final = root / step_dir_name(step)
-    tmp, old = root / f".tmp-{final.name}", root / f".old-{final.name}"
-
-    def commit():  # re-saving a step swaps, so that there is never neither
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-
-    try:
-        agreed(f"checkpoint {final}", lambda: rank == 0 and (shutil.rmtree(tmp, ignore_errors=True),
-                                                             tmp.mkdir(parents=True)))
-        agreed(f"checkpoint {final}", lambda: write_checkpoint_files(tmp, step, model, optimizer, config, meta, rank))
-        agreed(f"checkpoint {final}", lambda: rank == 0 and commit())
-    except RaychatError:
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
 class LocalContext:
     """The context without Ray: one process, or one of torchrun's (process group from its env vars)."""
 
@@ -338,11 +299,12 @@ class Harness:
             torch.cuda.synchronize()
 
     def checkpoint(self, step: int, model, optimizer, state: dict, meta: dict) -> Path:
-        from raychat.checkpoint import list_checkpoints
+        from raychat.checkpoint import list_checkpoints, save_checkpoint
 
         meta = {"total_training_time": self.total_time, "plan": self.plan, "source_checkpoint": self.source_ckpt,
                 "rank_state": {str(r): s for r, s in enumerate(gather(state))}, **meta}
-        path = save_checkpoint_agreed(self.ckpt_root, step, model, optimizer, self.cfg.to_dict(), meta, self.rank)
+        path = save_checkpoint(self.ckpt_root, step, model, optimizer, self.cfg.to_dict(), meta, self.rank,
+                               self.world)
         if self.rank == 0 and self.cfg.keep_checkpoints > 0:
             for _, old in list_checkpoints(self.ckpt_root)[:-self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
