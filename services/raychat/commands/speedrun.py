@@ -93,18 +93,41 @@ def _final_checkpoint(run_dir: Path, stage: str) -> str:
     return "done" if meta.get("final") or (planned is not None and meta.get("step") == planned) else "partial"
 
 
+# ---- the data stage (owned by the data helper; raychat/data/registry.py) ----------------------------------------
+TOKENIZER_CHARS_PER_SHARD = 250_000_000   # ClimbMix: ~250M characters per shard (nanochat: 8 shards for 2B chars)
+
+
+def stage_data(args, preset: SpeedrunPreset) -> dict:
+    """Fetch what the preset's stages read and is missing (`raychat data download --for PRESET`). The pretraining
+    shards the tokenizer needs come first; the rest continue on a background thread while the tokenizer trains
+    (as nanochat does); `wait()` blocks until they are there (called before pretraining). With --data-dir the
+    pretraining shards are the user's and only the other datasets are fetched.
+    -> {"data_dir": the pretraining shard folder, "wait": callable}"""
+    from raychat.commands.data import preset_needs
+    from raychat.data import registry
+
+    needs, shards, dev_default = preset_needs(args.preset)
+    shard_sets = [n for n in needs if registry.get(n).shard_repo]
+    registry.ensure([n for n in needs if n not in shard_sets], dev_default=dev_default)
+    if args.data_dir is not None or not shard_sets:
+        return {"data_dir": args.data_dir, "wait": lambda: None}
+    name = shard_sets[0]
+    first = min(shards, max(1, -(-preset.tok_max_chars // TOKENIZER_CHARS_PER_SHARD)))
+    registry.ensure([name], num_shards=first, dev_default=dev_default)
+    rest = None
+    if registry.missing([name], dev_default=dev_default, num_shards=shards):
+        print(f"[data] {name}: shards {first}..{shards - 1} continue in the background", flush=True)
+        rest = registry.Background([name], num_shards=shards, dev_default=dev_default, progress=False)
+    return {"data_dir": str(registry.shard_dir(name, dev_default=dev_default)),
+            "wait": rest.wait if rest is not None else lambda: None}
+
+
 def run(args):
-    from raychat.common import RaychatError, resolve_run_dir, shared_data_dir
+    from raychat.common import resolve_run_dir
 
     preset = PRESETS[args.preset]
     run_dir = resolve_run_dir(args.run_dir, args.preset)
     do_rl = preset.rl if args.rl is None else args.rl
-    data_dir = args.data_dir
-    if data_dir is None and preset.download_shards == 0:
-        if shared_data_dir() is None:
-            raise RaychatError("no ../shared/data next to the repository: pass --data-dir with parquet shards "
-                               "(see `raychat data prepare` / `raychat data download`)")
-        data_dir = str(shared_data_dir() / "pretrain")
     launch = (["--address", args.address] if args.address else []) + (["--no-ray"] if args.no_ray else [])
     wandb = (lambda s: ["--run", f"{args.run}-{s}"]) if args.run else (lambda s: [])
     state_path = run_dir / "speedrun.json"
@@ -127,16 +150,15 @@ def run(args):
 
     rd = ["--run-dir", str(run_dir)]
     t_start = time.time()
-    if preset.download_shards and data_dir is None:
-        data_dir = str(Path(os.environ.get("RAYCHAT_HOME", Path.home() / ".cache" / "raychat")) / "data" / "climbmix")
-        stage("data", (Path(data_dir) / ".complete").exists(),
-              lambda: (_cli(["data", "download", "--num-shards", str(preset.download_shards), "--out", data_dir]),
-                       (Path(data_dir) / ".complete").write_text("ok\n")))
+    data: dict = {}
+    stage("data", False, lambda: data.update(stage_data(args, preset)))   # data helper's stage: see stage_data
+    data_dir = data["data_dir"]
     stage("tokenizer", (run_dir / "tokenizer" / "tokenizer.json").is_file(),
           lambda: _cli(["tok-train", *rd, "--data-dir", data_dir, "--vocab-size", str(preset.vocab_size),
                         "--max-chars", str(preset.tok_max_chars)]))
     stage("tokenizer_eval", (run_dir / "evals" / "tokenizer.json").is_file(),
           lambda: _cli(["tok-eval", *rd, "--data-dir", data_dir]))
+    data["wait"]()                       # the pretraining shards still downloading in the background
     base = _final_checkpoint(run_dir, "base")
     stage("pretrain", base == "done",
           lambda: _cli(["pretrain", "--preset", preset.pretrain_preset, *rd, "--data-dir", data_dir, *launch,
