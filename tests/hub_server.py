@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import io
 import json
-import shutil
 import sys
 import threading
 import zipfile
@@ -203,7 +202,8 @@ def build_bundle(shared, out, rows: int = 60, train_docs: int = 1500, val_docs: 
     (mirror / "words").mkdir(parents=True, exist_ok=True)
     from raychat.data.registry import PACKAGED_WORDS
 
-    shutil.copyfile(PACKAGED_WORDS, mirror / "words" / "words_alpha.txt")
+    # the packaged list plus one word, so a test can tell the downloaded list from the packaged one
+    (mirror / "words" / "words_alpha.txt").write_text(PACKAGED_WORDS.read_text() + "zyzzyva\n")
     (mirror / "identity").mkdir(parents=True, exist_ok=True)
     conv = {"messages": [{"role": "user", "content": "who are you?"}, {"role": "assistant", "content": "raychat"}]}
     (mirror / "identity" / "identity_conversations.jsonl").write_text(json.dumps(conv) + "\n")

@@ -189,15 +189,7 @@ def fetch_hub_file(repo_id: str, filename: str, local_dir: str | os.PathLike, re
 
     Retry knobs (tests, slow links): RAYCHAT_DOWNLOAD_ATTEMPTS (default 6), RAYCHAT_DOWNLOAD_BACKOFF (seconds,
     default 2, doubled per failed attempt, capped at 60)."""
-    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub import constants, hf_hub_url
 
     dest = Path(local_dir).expanduser() / filename
     if dest.is_file():
@@ -210,6 +202,30 @@ def fetch_hub_file(repo_id: str, filename: str, local_dir: str | os.PathLike, re
                             f"with access to {url}, or unset HF_HUB_OFFLINE")
     attempts = int(max_attempts or _env_float("RAYCHAT_DOWNLOAD_ATTEMPTS", 6))
     wait = backoff if backoff is not None else _env_float("RAYCHAT_DOWNLOAD_BACKOFF", 2.0)
+    # One fetcher per file across processes: huggingface_hub's own lock does not stop a second process that
+    # was already waiting from deleting and re-fetching the file the first one just finished.
+    lock = Path(local_dir).expanduser() / ".cache" / "raychat" / f"{filename}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock):
+        if dest.is_file():
+            return dest
+        return _fetch_hub_locked(repo_id, filename, local_dir, revision, repo_type, url, endpoint, label, attempts,
+                                 wait)
+
+
+def _fetch_hub_locked(repo_id, filename, local_dir, revision, repo_type, url, endpoint, label, attempts,
+                      wait) -> Path:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    dest = Path(local_dir).expanduser() / filename
     last = ""
     for attempt in range(1, attempts + 1):
         try:
