@@ -170,7 +170,7 @@ def _speedrun_env(tmp_path, url) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYCHAT_", "HF_", "RAY_ADDRESS"))}
     env.update(HOME=str(tmp_path / "home"), HF_ENDPOINT=url, RAYCHAT_DATA_REPO=MIRROR_REPO,
                RAYCHAT_SHARED_DATA=str(tmp_path / "no-shared"), RAYCHAT_DOWNLOAD_BACKOFF="0.01",
-               RAYCHAT_DOWNLOAD_ATTEMPTS="3", HF_HUB_DISABLE_PROGRESS_BARS="1",
+               RAYCHAT_DOWNLOAD_ATTEMPTS="5", HF_HUB_DISABLE_PROGRESS_BARS="1",
                PYTHONPATH=f"{REPO_ROOT / 'libs'}{os.pathsep}{REPO_ROOT / 'services'}")
     (tmp_path / "home").mkdir()
     (tmp_path / "work").mkdir()
