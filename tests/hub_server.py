@@ -32,8 +32,8 @@ GET_FAULTS = ("503", "truncate", "drop", "corrupt")
 
 
 class HubServer:
-    def __init__(self, root, faults: bool = False, port: int = 0):
-        self.root, self.faults = Path(root), faults
+    def __init__(self, root, faults: bool = False, port: int = 0, log: bool = False):
+        self.root, self.faults, self.log = Path(root), faults, log
         self.counts: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, str, str]] = []   # (method, path, range)
         self.lock = threading.Lock()
@@ -75,6 +75,8 @@ class HubServer:
         rng = h.headers.get("Range", "")
         with self.lock:
             self.requests.append((h.command, h.path, rng))
+            if self.log:
+                print(h.command, h.path, rng, flush=True)
         if len(parts) < 6 or parts[0] != "datasets" or parts[3] != "resolve":
             return self._send(h, 404, b"not a resolve URL", {"X-Error-Code": "RepoNotFound"}, body)
         repo, rel = f"{parts[1]}/{parts[2]}", "/".join(parts[5:])
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
     if args.cmd == "build":
         print(build_bundle(args.shared, args.out))
         return 0
-    srv = HubServer(args.root, faults=args.faults, port=args.port)
+    srv = HubServer(args.root, faults=args.faults, port=args.port, log=True)
     print(srv.url, flush=True)
     try:
         srv.httpd.serve_forever()
