@@ -21,7 +21,7 @@ export PYTHONPATH="$ROOT/libs:$ROOT/services${PYTHONPATH:+:$PYTHONPATH}"
 
 if [ -n "${WHEELS:-}" ] && ! "$PY" -c "import rustbpe" 2>/dev/null; then
     echo "== installing wheels from $WHEELS (rustbpe missing)"
-    "$PY" -m pip install --no-index --no-deps "$WHEELS"/*.whl 2>&1 | tail -2
+    "$PY" -m pip install --no-index --find-links "$WHEELS" rustbpe 2>&1 | tail -2
 fi
 echo "== environment"
 "$PY" -c "import sys, torch, huggingface_hub as h; print('python', sys.version.split()[0], 'torch', torch.__version__,
