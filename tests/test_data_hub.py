@@ -141,6 +141,9 @@ def test_errors_name_dataset_and_url(bundle, hub_env, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set"):
         registry.download("gsm8k", progress=False)
+    monkeypatch.delenv("RAYCHAT_DATA_REPO")                   # a plain-URL file: offline refuses it too
+    with pytest.raises(DownloadError, match=r"dataset 'words' is not on disk .* HF_HUB_OFFLINE is set"):
+        registry.download("words", progress=False)
     with pytest.raises(RaychatError, match="unknown dataset"):
         registry.get("c4")
     with pytest.raises(RaychatError, match="--num-shards must be 1..6542"):

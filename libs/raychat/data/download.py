@@ -3,7 +3,9 @@
 Hub files (`fetch_hub_file`) go through `huggingface_hub.hf_hub_download` into a plain local folder (`local_dir`),
 so the Hub's conventions hold: `HF_ENDPOINT` (a mirror), `HF_TOKEN` / `hf auth login`, `HF_HUB_OFFLINE`,
 `HF_HOME` (token, Xet cache). The library gives the ETag/size check, a per-file lock, a process-unique temporary
-file renamed into place, and in-request resume after a dropped connection. What it does not do, added here:
+file renamed into place, and resume after a dropped connection within one call (from the last whole 10 MB
+chunk; a killed process starts that file again: its temporary file is per process). What it does not do, added
+here:
 - retries across requests: a 5xx, a refused connection or a short body is retried with backoff (huggingface_hub
   retries a few rate-limit and connection cases only, then raises);
 - content hashing: when the Hub's ETag is a sha256 (every LFS file: parquet shards, zips) the finished file is
@@ -166,7 +168,7 @@ def download_file(url: str, dest: str | os.PathLike, max_attempts: int = 8, back
                 time.sleep(delay)
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
     except ValueError:
@@ -200,8 +202,8 @@ def fetch_hub_file(repo_id: str, filename: str, local_dir: str | os.PathLike, re
     if constants.is_offline_mode():
         raise DownloadError(f"{label}is not on disk ({dest}) and HF_HUB_OFFLINE is set: fetch it on a machine "
                             f"with access to {url}, or unset HF_HUB_OFFLINE")
-    attempts = int(max_attempts or _env_float("RAYCHAT_DOWNLOAD_ATTEMPTS", 6))
-    wait = backoff if backoff is not None else _env_float("RAYCHAT_DOWNLOAD_BACKOFF", 2.0)
+    attempts = int(max_attempts or env_float("RAYCHAT_DOWNLOAD_ATTEMPTS", 6))
+    wait = backoff if backoff is not None else env_float("RAYCHAT_DOWNLOAD_BACKOFF", 2.0)
     # One fetcher per file across processes: huggingface_hub's own lock does not stop a second process that
     # was already waiting from deleting and re-fetching the file the first one just finished.
     lock = Path(local_dir).expanduser() / ".cache" / "raychat" / f"{filename}.lock"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raychat.common import RaychatError, shared_data_dir
-from raychat.data.download import DownloadError, download_file, fetch_hub_file
+from raychat.data.download import DownloadError, download_file, env_float, fetch_hub_file
 from raychat.progress import Progress
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
@@ -265,8 +265,14 @@ def _fetch(ds: Dataset, src: Source, folder: Path) -> Path:
         os.replace(got, folder / src.path)
         return folder / src.path
     dest = folder / src.path
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():   # one switch for "no network", whichever way a file is fetched
+        raise DownloadError(f"dataset '{ds.name}' is not on disk ({dest}) and HF_HUB_OFFLINE is set: fetch it "
+                            f"where {src.url} is reachable, or unset HF_HUB_OFFLINE")
     try:
-        download_file(src.url, dest)
+        download_file(src.url, dest, max_attempts=int(env_float("RAYCHAT_DOWNLOAD_ATTEMPTS", 6)),
+                      backoff=env_float("RAYCHAT_DOWNLOAD_BACKOFF", 2.0))
     except DownloadError as e:
         raise DownloadError(f"dataset '{ds.name}': {e}") from None
     return dest
