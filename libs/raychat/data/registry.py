@@ -278,7 +278,7 @@ def _fetch(ds: Dataset, src: Source, folder: Path) -> Path:
     return dest
 
 
-def _unpack(zpath: Path, dest: Path, marker: str) -> None:
+def unpack_zip(zpath: Path, dest: Path, marker: str) -> None:
     """Unzip `zpath` so that `dest/marker` exists; the unpacked folder is renamed into place (never half there)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}_", dir=dest.parent) as tmp:
@@ -333,7 +333,7 @@ def download(name: str, num_shards: int = 8, num_workers: int = 4, progress: boo
         raise DownloadError(f"{len(errors)} of {len(todo)} file(s) of dataset '{name}' failed: {detail}; "
                             f"run the command again to resume")
     if ds.unpack and todo:
-        _unpack(fetch_to / ds.files["zip"].path, folder, ds.unpack)
+        unpack_zip(fetch_to / ds.files["zip"].path, folder, ds.unpack)
         shutil.rmtree(fetch_to, ignore_errors=True)
     return {"dataset": name, "path": str(folder), "files": len(jobs), "downloaded": len(todo),
             "skipped": len(jobs) - len(todo), "seconds": round(time.monotonic() - t0, 2)}

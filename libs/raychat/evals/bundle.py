@@ -111,7 +111,7 @@ def download_eval_bundle(dest_dir, url: str = EVAL_BUNDLE_URL) -> Path:
         zpath = Path(tmp) / "eval_bundle.zip"
         try:
             download_file(url, zpath, max_attempts=3)
-            registry._unpack(zpath, dest, "core.yaml")
+            registry.unpack_zip(zpath, dest, "core.yaml")
         except RaychatError as e:
             raise RaychatError(f"could not get the CORE eval bundle from {url}: {e}; pass a local bundle "
                                "directory instead (--eval-bundle DIR)") from None
