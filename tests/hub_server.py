@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import json
+import socket
 import sys
 import threading
 import zipfile
@@ -38,6 +39,7 @@ class HubServer:
         self.requests: list[tuple[str, str, str]] = []   # (method, path, range)
         self.lock = threading.Lock()
         self._sha: dict[Path, str] = {}
+        self._open: set = set()   # live connections: closed by stop(), or keep-alive clients could still talk
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,6 +47,16 @@ class HubServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with server.lock:
+                    server._open.add(self.connection)
+
+            def finish(self):
+                with server.lock:
+                    server._open.discard(self.connection)
+                super().finish()
 
             def do_HEAD(self):
                 server._handle(self, body=False)
@@ -64,6 +76,12 @@ class HubServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.lock:
+            for conn in list(self._open):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def sha256(self, path: Path) -> str:
         if path not in self._sha:

@@ -216,3 +216,22 @@ def test_smoke_speedrun_with_the_hub_gone(bundle, tmp_path):
     data = tmp_path / "home" / ".cache" / "raychat" / "data"
     files = [p for p in data.rglob("*") if p.is_file() and ".cache" not in p.parts]
     assert files == [], files   # no partial file where a complete one is expected
+
+
+def test_background_download_and_stage_needs(bundle, hub_env, monkeypatch):
+    srv = _serve(bundle, monkeypatch)
+    try:
+        bg = registry.Background(["climbmix"], num_shards=2, progress=False, log=lambda *a: None)
+        bg.wait()
+    finally:
+        srv.stop()
+    assert [p.name for p in sorted((hub_env / "climbmix").glob("*.parquet"))] == [
+        "shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"]
+    bg = registry.Background(["fineweb-edu"], num_shards=1, progress=False, log=lambda *a: None)
+    with pytest.raises(DownloadError, match="fineweb-edu"):   # the server is gone: the waiting stage gets the error
+        bg.wait()
+    # which datasets each stage reads
+    assert registry.datasets_for(["tokenizer", "pretrain"]) == ["climbmix"]
+    assert registry.datasets_for(["chat_eval"], chat_tasks=["ARC-Easy", "MMLU", "SimpleArithmetic"]) == ["arc", "mmlu"]
+    assert registry.datasets_for(["sft"], sft_mixture=["default"]) == ["smoltalk", "mmlu", "gsm8k", "words"]
+    assert registry.datasets_for(["base_eval", "rl"]) == ["eval_bundle", "gsm8k", "climbmix"]
