@@ -460,6 +460,7 @@ def test_download_bundle_from_local_server(tmp_path, http_server):
 
 def test_find_eval_bundle_order(tmp_path, http_server, monkeypatch):
     base, routes, hits = http_server
+    monkeypatch.delenv("RAYCHAT_DATA_DIR")                   # the data folder defaults to RAYCHAT_HOME/data
     monkeypatch.setenv("RAYCHAT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RAYCHAT_SHARED_DATA", str(tmp_path / "shared"))
     with pytest.raises(RaychatError, match="no CORE eval bundle found"):
