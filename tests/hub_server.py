@@ -203,7 +203,9 @@ def build_bundle(shared, out, rows: int = 60, train_docs: int = 1500, val_docs: 
              ds / "openai/openai_humaneval" / "openai_humaneval/test-00000-of-00001.parquet")
     src = _jsonl(shared / "chat" / "gpteacher_codegen.jsonl", 2 * rows)
     chat = [{"messages": r["messages"], "source": "gpteacher"} for r in src]
-    _parquet(chat[:rows], ds / "HuggingFaceTB/smol-smoltalk" / "data/train-00000-of-00001.parquet")
+    for i in range(4):   # SmolTalk's train split is 4 files on the Hub
+        _parquet(chat[i * rows // 4:(i + 1) * rows // 4],
+                 ds / "HuggingFaceTB/smol-smoltalk" / f"data/train-{i:05d}-of-00004.parquet")
     _parquet(chat[rows:], ds / "HuggingFaceTB/smol-smoltalk" / "data/test-00000-of-00001.parquet")
     # the files that are plain URLs upstream, in the mirror repository as <dataset>/<file>
     mirror = ds / MIRROR_REPO

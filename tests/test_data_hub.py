@@ -74,6 +74,10 @@ def test_every_dataset_downloads_and_loads(bundle, hub_env, monkeypatch):
         assert "zyzzyva" in words and len(words) == 5009
         assert (registry.shard_dir("climbmix") / "shard_06542.parquet").is_file()
         assert (hub_env / "eval_bundle" / "core.yaml").is_file()
+        from raychat.commands.tok_eval import samples  # tok-eval's chat and math samples from the Hub's parquet
+
+        texts = samples(registry.shard_dir("climbmix"), 5000)
+        assert len(texts["chat"]) == 5000 and len(texts["math"]) == 5000
         n = len(srv.requests)
         for name in registry.DATASETS:                     # second time: nothing to fetch, no request at all
             assert registry.download(name, num_shards=2, progress=False)["downloaded"] == 0

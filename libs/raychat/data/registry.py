@@ -69,10 +69,13 @@ def _hub(repo: str, *paths: str, key=lambda p: p) -> dict[str, Source]:
 
 
 def _split_of(path: str) -> str:
-    """'main/train-00000-of-00001.parquet' -> 'train'; 'ARC-Easy/test-0...' keeps its config: 'ARC-Easy/test'."""
+    """'main/train-00000-of-00001.parquet' -> 'train'; 'ARC-Easy/test-0...' keeps its config: 'ARC-Easy/test';
+    a split in several files numbers them: 'data/train-00001-of-00004.parquet' -> 'train:1'."""
     head, _, tail = path.rpartition("/")
-    split = tail.split("-0")[0]
-    return f"{head}/{split}" if head.startswith("ARC-") else split
+    split, _, rest = tail.partition("-0")
+    split = f"{head}/{split}" if head.startswith("ARC-") else split
+    index, _, total = rest.removesuffix(".parquet").partition("-of-")
+    return split if total.lstrip("0") == "1" else f"{split}:{int('0' + index)}"
 
 
 DATASETS: dict[str, Dataset] = {d.name: d for d in [
@@ -84,7 +87,7 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
             files={"zip": Source("eval_bundle.zip", url=EVAL_BUNDLE_URL)}, dev={"dir": "eval_bundle"},
             unpack="core.yaml"),
     Dataset("smoltalk", "SmolTalk (smol version): 460K general conversations for SFT, 24K test",
-            files=_hub("HuggingFaceTB/smol-smoltalk", "data/train-00000-of-00001.parquet",
+            files=_hub("HuggingFaceTB/smol-smoltalk", *(f"data/train-{i:05d}-of-00004.parquet" for i in range(4)),
                        "data/test-00000-of-00001.parquet", key=_split_of),
             dev={"train": "chat"}),
     Dataset("mmlu", "MMLU: 57 subjects of multiple choice; auxiliary_train (100K rows) for SFT, test for evals",
@@ -202,6 +205,23 @@ def resolve(name: str, key: str | None = None, dev_default: bool = True) -> Path
     hint = " (no development copy in ../shared/data either)" if ds.dev and dev_default else ""
     raise MissingDataError(f"dataset {what} is not downloaded: run `raychat data download {name}` "
                            f"(looked in {data_root() / name}{hint})")
+
+
+def split_files(name: str, split: str, dev_default: bool = True) -> list[Path]:
+    """Every local file of one split (a split may span several files: SmolTalk's train is 4), else the
+    development default for that split as one path, else MissingDataError."""
+    ds = get(name)
+    keys = [k for k in ds.files if k == split or k.startswith(split + ":")]
+    if not keys:
+        raise RaychatError(f"dataset {name} has no split {split!r}")
+    local = [local_path(name, k) for k in keys]
+    if all(p is not None for p in local):
+        return local
+    dev = _dev_path(ds, split) if dev_default else None
+    if dev is not None:
+        return [dev]
+    raise MissingDataError(f"dataset {name} ({split}) is not downloaded: run `raychat data download {name}` "
+                           f"(looked in {data_root() / name})")
 
 
 def shard_dir(name: str = "climbmix", dev_default: bool = True) -> Path:

@@ -66,13 +66,14 @@ class SmolTalk(Task):
     NONCOMMERCIAL = ("alpaca_5000.jsonl", "code_alpaca_2k.jsonl")
 
     def __init__(self, split: str = "train", include_noncommercial: bool = True, **kwargs):
-        from raychat.data.registry import resolve
+        from raychat.data.registry import split_files
         from raychat.tasks.common import read_records
 
         super().__init__(**kwargs)
         if split not in ("train", "test"):
             raise RaychatError(f"SmolTalk split must be train or test, got {split!r}")
-        path = resolve("smoltalk", split)
+        paths = split_files("smoltalk", split)
+        path = paths[0]
         if path.is_dir():   # the development stand-ins: validated strictly, like any user file
             files = sorted(p for p in path.glob("*.jsonl") if include_noncommercial or p.name not in self.NONCOMMERCIAL)
             if not files:
@@ -81,7 +82,7 @@ class SmolTalk(Task):
             self.num_dropped = 0
             return
         self.conversations, self.num_dropped = [], 0
-        for row in read_records(path):
+        for row in (r for p in paths for r in read_records(p)):
             msgs = row.get("messages") or []
             conv = {"messages": [{"role": m.get("role"), "content": m.get("content")} for m in msgs]}
             try:

@@ -83,9 +83,10 @@ def samples(data_dir: Path, max_chars: int) -> dict[str, str]:
     # chat and math samples from whatever the data registry has (downloaded or the development copy); optional
     from raychat.data import registry
 
-    chat = _optional(registry.resolve, "smoltalk", "train")
+    # SmolTalk's test split (one small file), else what stands in for its train split (the shared chat files)
+    chat = _optional(registry.split_files, "smoltalk", "test") or _optional(registry.split_files, "smoltalk", "train")
     if chat is not None:
-        files = sorted(chat.glob("*.jsonl")) if chat.is_dir() else [chat]
+        files = sorted(chat[0].glob("*.jsonl")) if chat[0].is_dir() else chat
         out["chat"] = _jsonl_sample(files, lambda r: "\n".join(m["content"] for m in r["messages"]
                                                                if isinstance(m["content"], str)), max_chars)
     gsm = _optional(registry.resolve, "gsm8k", "test")
