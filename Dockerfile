@@ -69,8 +69,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Non-root user. The directories that compose/Kubernetes mount volumes on exist here, owned by the user, so a
-# fresh named volume inherits that ownership: run dir (~/.cache/raychat), HF-style data cache, Ray's temp dir
-# (shared read-only with Prometheus/Grafana for service discovery and Ray's own dashboards). Ray Train's
+# fresh named volume inherits that ownership: run dirs and datasets (~/.cache/raychat: runs/, data/), HF_HOME
+# (Hub token, Xet cache), Ray's temp dir (shared read-only with Prometheus/Grafana for service discovery and
+# Ray's own dashboards). Ray Train's
 # storage_path is <run dir>/ray, so a run dir on shared storage is all a multi-node cluster needs. The
 # profile.d line keeps the venv on PATH in login shells (`bash -l`, which KubeRay uses to start Ray in pods).
 # hadolint ignore=SC2016

@@ -44,7 +44,7 @@ def build_model(vocab_size: int, depth: int, width: int, head_dim: int, seq_len:
 def main() -> int:
     import torch
 
-    from raychat.common import require_shared_data
+    from raychat.data import registry
     from raychat.evals.core import evaluate_core
     from raychat.tokenizer import Tokenizer, train_tokenizer
 
@@ -58,7 +58,8 @@ def main() -> int:
     ap.add_argument("--batch-sizes", default="1,16", help="comma-separated rows per forward to compare")
     ap.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward at most")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
-    ap.add_argument("--bundle", default=None, help="eval bundle directory; unset = ../shared/data/eval_bundle")
+    ap.add_argument("--bundle", default=None, help="eval bundle directory; unset = the data registry's eval_bundle "
+                    "(downloaded, else ../shared/data/eval_bundle)")
     args = ap.parse_args()
 
     if args.tokenizer == "bytes":
@@ -69,10 +70,10 @@ def main() -> int:
     else:
         import pyarrow.parquet as pq
 
-        shard = require_shared_data("pretrain") / "shard_00000.parquet"
+        shard = sorted(registry.shard_dir("climbmix").glob("shard_*.parquet"))[0]
         texts = pq.read_table(shard, columns=["text"]).column("text").slice(0, 2000).to_pylist()
-        tok, tok_desc = train_tokenizer(iter(texts), 8192), "BPE 8192 (2,000 Wikipedia docs)"
-    bundle = args.bundle or require_shared_data("eval_bundle")
+        tok, tok_desc = train_tokenizer(iter(texts), 8192), f"BPE 8192 (2,000 docs of {shard.parent.name}/{shard.name})"
+    bundle = args.bundle or registry.resolve("eval_bundle")
     model = build_model(tok.vocab_size, args.depth, args.width, args.head_dim, args.seq_len, args.device)
     nparams = sum(p.numel() for p in model.parameters())
     print(f"# CORE eval throughput ({os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average "

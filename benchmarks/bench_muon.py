@@ -1,16 +1,21 @@
-"""Muon step time for a few stacked matrix shapes (pytest-benchmark).
+"""Muon step time for a few stacked matrix shapes: a plain script (no pytest needed, so it runs in the image).
 
-    .venv/bin/pytest benchmarks/bench_muon.py --benchmark-columns=mean,stddev,rounds
+    python benchmarks/bench_muon.py [--rounds N]          # or: raychat bench muon
 
 On CPU it times fp32 stacks small enough for a laptop-class box; on CUDA it times the nanochat d12 shapes
-(n_embd 768: K matrices of (768, 768), (3072, 768), (768, 3072)) with bf16 Polar Express. `extra_info`
-carries the Polar Express matmul FLOPs per step and the achieved GFLOP/s, so a number can be compared
-with the machine's GEMM peak.
+(n_embd 768: K matrices of (768, 768), (3072, 768), (768, 3072)) with bf16 Polar Express. The table carries the
+Polar Express matmul FLOPs per step and the achieved GFLOP/s, so a number can be compared with the machine's
+GEMM peak. Each row also checks its result (the step changed the weights; Polar Express output has singular
+values near 1), so a broken optimizer cannot post a fast time.
 """
 
 from __future__ import annotations
 
-import pytest
+import argparse
+import statistics
+import sys
+import time
+
 import torch
 
 from raychat.optim import MuonAdamW, polar_express
@@ -34,8 +39,18 @@ def _sync():
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_muon_step(benchmark, shape):
+def _time(fn, rounds: int) -> list[float]:
+    fn()  # warm-up: allocations, kernel selection
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def muon_step(shape, rounds: int) -> list[float]:
     K, m, n = shape
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(m, n, device=DEVICE, generator=gen) * 0.02) for _ in range(K)]
@@ -43,32 +58,38 @@ def test_muon_step(benchmark, shape):
         p.grad = torch.randn(m, n, device=DEVICE, generator=gen)
     opt = MuonAdamW([{"kind": "muon", "params": params, "lr": 0.02, "weight_decay": 0.1}])
     before = params[0].detach().clone()
-
-    def step():
-        opt.step()
-        _sync()
-
-    step()  # allocate state outside the timed rounds
-    benchmark.pedantic(step, rounds=5 if CUDA else 3, warmup_rounds=1, iterations=1)
-    assert not torch.equal(params[0].detach(), before)
-    flops = _pe_flops(K, m, n)
-    benchmark.extra_info.update(device=str(DEVICE), pe_gflop=flops / 1e9,
-                                pe_gflops_per_s=flops / benchmark.stats.stats.mean / 1e9)
+    times = _time(opt.step, rounds)
+    if torch.equal(params[0].detach(), before):
+        raise SystemExit(f"muon step {shape}: the weights did not change")
+    return times
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_polar_express(benchmark, shape):
+def polar(shape, rounds: int) -> list[float]:
     K, m, n = shape
     G = torch.randn(K, m, n, device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(0))
+    out = []
+    times = _time(lambda: out.append(polar_express(G, steps=NS_STEPS)), rounds)
+    s = torch.linalg.svdvals(out[-1][0].double())
+    if not 0.5 < s.median().item() < 1.5:
+        raise SystemExit(f"polar express {shape}: median singular value {s.median().item():.3f}, expected ~1")
+    return times
 
-    def run():
-        out = polar_express(G, steps=NS_STEPS)
-        _sync()
-        return out
 
-    X = benchmark.pedantic(run, rounds=5 if CUDA else 3, warmup_rounds=1, iterations=1)
-    s = torch.linalg.svdvals(X[0].double())
-    assert 0.5 < s.median().item() < 1.5
-    flops = _pe_flops(K, m, n)
-    benchmark.extra_info.update(device=str(DEVICE), dtype=str(X.dtype), pe_gflop=flops / 1e9,
-                                gflops_per_s=flops / benchmark.stats.stats.mean / 1e9)
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5 if CUDA else 3, help="timed rounds per row (after one warm-up)")
+    args = ap.parse_args(argv)
+    print(f"device {DEVICE}, {NS_STEPS} Polar Express steps, {args.rounds} rounds per row")
+    print(f"{'benchmark':<28}{'min ms':>10}{'median ms':>11}{'mean ms':>10}{'PE GFLOP':>10}{'GFLOP/s':>10}")
+    for name, fn in (("muon_step", muon_step), ("polar_express", polar)):
+        for shape in SHAPES:
+            t = fn(shape, args.rounds)
+            flops = _pe_flops(*shape)
+            mean, label = statistics.mean(t), f"{name}[{'x'.join(map(str, shape))}]"
+            print(f"{label:<28}{min(t) * 1e3:>10.2f}{statistics.median(t) * 1e3:>11.2f}{mean * 1e3:>10.2f}"
+                  f"{flops / 1e9:>10.2f}{flops / mean / 1e9:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _empty_data_folder(tmp_path_factory, monkeypatch):
+    """Tests never read (or fill) the user's data folder: the data registry sees an empty one, so datasets come
+    from ../shared/data (the development default) or from a test's own local hub."""
+    monkeypatch.setenv("RAYCHAT_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     assert SHARED.is_dir(), f"tests need the shared datasets at {SHARED}"

@@ -1,6 +1,7 @@
-"""Shard download against a local HTTP server: connections dropped midway (resume with Range), transient
-errors (retry with backoff), servers that ignore Range, stale partial files, 404s, corrupt payloads, two
-downloaders racing on one directory (file lock: each shard fetched once), idempotence and the CLI."""
+"""The plain-URL downloader (`download_file`: files not on the Hub, e.g. the CORE bundle zip) against a local HTTP
+server, on a set of parquet shards: connections dropped midway (resume with Range), transient errors (retry with
+backoff), servers that ignore Range, stale partial files, 404s, corrupt payloads, two downloaders racing on one
+directory (file lock: each file fetched once), idempotence. Hub downloads: test_data_hub.py."""
 
 import io
 import random
@@ -12,12 +13,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raychat.cli import main
-from raychat.common import RaychatError
-from raychat.data import DATASETS, DownloadError, download_shards, list_shards
-from raychat.data.download import shard_indices, shard_name
+from raychat.data import DATASETS, DownloadError, download_file, list_shards
+from raychat.data.registry import shard_indices, shard_name
 
 FAST = dict(backoff=0.001, max_backoff=0.01, timeout=10)
+
+
+def download_shards(names, out, url, **kwargs) -> dict:
+    """Every shard through download_file; -> {"downloaded": n, "skipped": n}; DownloadError lists the failures."""
+    results, errors = [], []
+    for n in names:
+        try:
+            results.append(download_file(f"{url}/{n}", out / n, **kwargs))
+        except DownloadError as e:
+            errors.append(f"{n}: {e}")
+    if errors:
+        raise DownloadError(f"{len(errors)} of {len(names)} failed: {'; '.join(errors)}")
+    return {"downloaded": results.count("downloaded"), "skipped": results.count("skipped")}
 
 
 def parquet_bytes(seed: int, n_docs: int = 200) -> bytes:
@@ -125,10 +137,9 @@ def check_complete(out, shards):
 
 @pytest.mark.parametrize("server", [{"drop_after": 30_000}], indirect=True)
 def test_dropped_connections_resume(tmp_path, server, shards):
-    s = download_shards("climbmix", 3, tmp_path, num_workers=2, base_url=server.url, progress=False,
-                        max_attempts=2, **FAST)
+    s = download_shards(list(shards), tmp_path, server.url, max_attempts=2, **FAST)
     check_complete(tmp_path, shards)
-    assert s["downloaded"] == 4 and s["bytes"] == sum(map(len, shards.values()))
+    assert s["downloaded"] == 4
     # every byte was sent once: each retry asked for the rest with a Range request
     assert server.sent == {n: len(b) for n, b in shards.items()}
     ranges = [r for n, r, _ in server.requests if n == "shard_00000.parquet"]
@@ -138,15 +149,15 @@ def test_dropped_connections_resume(tmp_path, server, shards):
 
 @pytest.mark.parametrize("server", [{"fail_first": 2}], indirect=True)
 def test_transient_errors_are_retried(tmp_path, server, shards):
-    download_shards("climbmix", 3, tmp_path, base_url=server.url, progress=False, max_attempts=3, **FAST)
+    download_shards(list(shards), tmp_path, server.url, max_attempts=3, **FAST)
     check_complete(tmp_path, shards)
     assert sum(st == 503 for _, _, st in server.requests) == 2 * len(shards)
 
 
 @pytest.mark.parametrize("server", [{"fail_first": 100}], indirect=True)
-def test_persistent_errors_give_up(tmp_path, server):
-    with pytest.raises(DownloadError, match=r"4 of 4 shards failed.*after 3 attempts"):
-        download_shards("climbmix", 3, tmp_path, base_url=server.url, progress=False, max_attempts=3, **FAST)
+def test_persistent_errors_give_up(tmp_path, server, shards):
+    with pytest.raises(DownloadError, match=r"4 of 4 failed.*giving up on .* after 3 attempts"):
+        download_shards(list(shards), tmp_path, server.url, max_attempts=3, **FAST)
     assert not list(tmp_path.glob("*.parquet"))
 
 
@@ -154,7 +165,7 @@ def test_persistent_errors_give_up(tmp_path, server):
 def test_stale_partial_and_server_without_ranges(tmp_path, server, shards):
     name = "shard_00001.parquet"
     (tmp_path / (name + ".part")).write_bytes(b"garbage from an older attempt")
-    download_shards("climbmix", 3, tmp_path, base_url=server.url, progress=False, **FAST)
+    download_shards(list(shards), tmp_path, server.url, **FAST)
     check_complete(tmp_path, shards)  # the 200 answer restarted the file from scratch
 
 
@@ -164,7 +175,7 @@ def test_resume_from_partial_file(tmp_path, server, shards):
     (tmp_path / (name + ".part")).write_bytes(shards[name][:half])
     too_long = "shard_00000.parquet"
     (tmp_path / (too_long + ".part")).write_bytes(shards[too_long] + b"extra")  # 416 -> restart
-    download_shards("climbmix", 3, tmp_path, base_url=server.url, progress=False, **FAST)
+    download_shards(list(shards), tmp_path, server.url, **FAST)
     check_complete(tmp_path, shards)
     assert [(r, st) for n, r, st in server.requests if n == name] == [(f"bytes={half}-", 206)]
     assert server.sent[name] == len(shards[name]) - half
@@ -173,16 +184,16 @@ def test_resume_from_partial_file(tmp_path, server, shards):
 
 def test_404_fails_fast_and_keeps_the_rest(tmp_path, server, shards):
     del server.files["shard_00001.parquet"]
-    with pytest.raises(DownloadError, match=r"shard_00001.parquet: HTTP 404.*re-run to resume"):
-        download_shards("climbmix", 3, tmp_path, base_url=server.url, progress=False, **FAST)
+    with pytest.raises(DownloadError, match=r"shard_00001.parquet: HTTP 404 Not Found for http://127.0.0.1:\d+/data/shard_00001"):
+        download_shards(list(shards), tmp_path, server.url, **FAST)
     assert sum(n == "shard_00001.parquet" for n, _, _ in server.requests) == 1  # not retried
     assert sorted(p.name for p in tmp_path.glob("*.parquet")) == sorted(set(shards) - {"shard_00001.parquet"})
 
 
-def test_corrupt_payload_is_rejected(tmp_path, server):
+def test_corrupt_payload_is_rejected(tmp_path, server, shards):
     server.files["shard_00000.parquet"] = b"<html>rate limited</html>" * 10
     with pytest.raises(DownloadError, match="not a valid parquet"):
-        download_shards("climbmix", 3, tmp_path, base_url=server.url, progress=False, max_attempts=2, **FAST)
+        download_shards(list(shards), tmp_path, server.url, max_attempts=2, **FAST)
     assert not (tmp_path / "shard_00000.parquet").exists()
 
 
@@ -192,8 +203,7 @@ def test_concurrent_downloaders_fetch_each_shard_once(tmp_path, server, shards):
 
     def worker():
         try:
-            results.append(download_shards("climbmix", 3, tmp_path, num_workers=2, base_url=server.url,
-                                           progress=False, **FAST))
+            results.append(download_shards(list(shards), tmp_path, server.url, **FAST))
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -208,26 +218,8 @@ def test_concurrent_downloaders_fetch_each_shard_once(tmp_path, server, shards):
     assert sum(r["downloaded"] for r in results) == 4 and sum(r["skipped"] for r in results) == 4
 
 
-def test_idempotent_and_cli(tmp_path, server, shards, capsys):
-    out = tmp_path / "fw"
-    assert main(["data", "download", "--dataset", "fineweb-edu", "--num-shards", "2", "--out", str(out),
-                 "--base-url", server.url]) == 2  # fineweb-edu's validation shard 01822 is not on this server
-    assert "shard_01822.parquet: HTTP 404" in capsys.readouterr().err
-    server.files["shard_01822.parquet"] = shards["shard_00000.parquet"]
-    assert main(["data", "download", "--dataset", "fineweb-edu", "--num-shards", "2", "--out", str(out),
-                 "--base-url", server.url]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["shard_00000.parquet", "shard_00001.parquet",
-                                                      "shard_01822.parquet"]
+def test_idempotent(tmp_path, server, shards):
+    assert download_shards(list(shards), tmp_path, server.url, **FAST)["downloaded"] == 4
     n = len(server.requests)
-    s = download_shards("fineweb-edu", 2, out, base_url=server.url, progress=False)
-    assert s["skipped"] == 3 and len(server.requests) == n  # nothing fetched again
-
-
-def test_bad_arguments():
-    with pytest.raises(RaychatError, match="must be 1..6542"):
-        shard_indices(DATASETS["climbmix"], 0)
-    with pytest.raises(RaychatError, match="must be 1..1822"):
-        shard_indices(DATASETS["fineweb-edu"], 5000)
-    assert shard_indices(DATASETS["fineweb-edu"], -1) == [1822, *range(1822)]
-    with pytest.raises(RaychatError, match="unknown dataset"):
-        download_shards("c4", 1, "/nonexistent", progress=False)
+    assert download_shards(list(shards), tmp_path, server.url, **FAST)["skipped"] == 4
+    assert len(server.requests) == n  # nothing fetched again

@@ -727,3 +727,29 @@ def test_dashboards_use_only_ray_metrics_that_ray_exports():
     used = {m for m in referenced_metrics() if m.startswith("ray_")}
     assert used, "the dashboards should show Ray Serve / node metrics too"
     assert used <= ray_names, f"not exported by Ray {sorted(used - ray_names)}"
+
+
+def test_training_metrics_and_data_dirs_agree_everywhere(compose):
+    """Where training runs in a container or pod, rank 0's metrics listen on every interface on the port the
+    scrape config names, and RAYCHAT_HOME (runs/ and the downloaded data/) is on the storage every node shares."""
+    prom = load_yaml(DEPLOY / "prometheus.yml")
+    (train_job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "raychat-train"]
+    ((target,),) = [sc["targets"] for sc in train_job["static_configs"]]
+    head = compose["services"]["head"]
+    env = head["environment"]
+    assert target == f"head:{env['RAYCHAT_METRICS_PORT']}" and env["RAYCHAT_METRICS_HOST"] == "0.0.0.0"
+    runs_volume = [v for v in head["volumes"] if v.split(":")[1] == env["RAYCHAT_HOME"]]
+    assert runs_volume, "RAYCHAT_HOME must be the mounted volume"
+    (job,) = k8s_docs("rayjob-pretrain.yaml")
+    for group, _, pod in pod_templates(job["spec"]["rayClusterSpec"]):
+        (container,) = pod["containers"]
+        kenv = {e["name"]: e.get("value") for e in container["env"]}
+        assert kenv["RAYCHAT_METRICS_HOST"] == "0.0.0.0", group
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["train-metrics"] == int(kenv["RAYCHAT_METRICS_PORT"]), group
+        assert kenv["RAYCHAT_HOME"].startswith("/mnt/shared/") and kenv["HF_HOME"].startswith("/mnt/shared/"), group
+    launcher = load_yaml(DEPLOY / "ray-cluster.yaml")
+    opts = dict(o.split()[1].split("=", 1) for o in launcher["docker"]["run_options"] if o.startswith("-e "))
+    assert opts["RAYCHAT_METRICS_HOST"] == "0.0.0.0" and opts["RAYCHAT_HOME"].startswith("/mnt/shared/")
+    header = (DEPLOY / "k8s" / "rayjob-pretrain.yaml").read_text()
+    assert "--data-dir /mnt/shared/raychat/data/climbmix" in header   # the header's pretrain example is complete

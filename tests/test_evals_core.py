@@ -445,9 +445,9 @@ def test_download_bundle_from_local_server(tmp_path, http_server):
     download_eval_bundle(dest, url=base + "/eval_bundle.zip")            # already there: no second request
     assert hits == ["/eval_bundle.zip"]
     assert [p.name for p in dest.parent.iterdir()] == ["eval_bundle"]   # no temp folders left
-    with pytest.raises(RaychatError, match="did not return a zip"):
+    with pytest.raises(RaychatError, match="is not a zip file"):
         download_eval_bundle(tmp_path / "b2", url=base + "/not_a_zip")
-    with pytest.raises(RaychatError, match="could not download"):
+    with pytest.raises(RaychatError, match="could not get the CORE eval bundle.*HTTP 404"):
         download_eval_bundle(tmp_path / "b3", url=base + "/missing.zip")
     assert not (tmp_path / "b2").exists() and not (tmp_path / "b3").exists()
     # find_eval_bundle: explicit dir, download into it, or a clear error
@@ -460,6 +460,7 @@ def test_download_bundle_from_local_server(tmp_path, http_server):
 
 def test_find_eval_bundle_order(tmp_path, http_server, monkeypatch):
     base, routes, hits = http_server
+    monkeypatch.delenv("RAYCHAT_DATA_DIR")                   # the data folder defaults to RAYCHAT_HOME/data
     monkeypatch.setenv("RAYCHAT_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RAYCHAT_SHARED_DATA", str(tmp_path / "shared"))
     with pytest.raises(RaychatError, match="no CORE eval bundle found"):
@@ -468,7 +469,7 @@ def test_find_eval_bundle_order(tmp_path, http_server, monkeypatch):
     assert find_eval_bundle() == shared                                   # no cache, no download: shared copy
     assert find_eval_bundle(download=True, url=base + "/gone.zip") == shared   # download failed: fall back
     routes["/eval_bundle.zip"] = _zip_bundle(shared)
-    cache = tmp_path / "home" / "eval_bundle"
+    cache = tmp_path / "home" / "data" / "eval_bundle"
     assert find_eval_bundle(download=True, url=base + "/eval_bundle.zip") == cache
     assert find_eval_bundle() == cache                                    # the cached official bundle wins
 

@@ -106,3 +106,36 @@ def test_bench_sdpa_shapes_refuses_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         bench_sdpa_shapes.main()
+
+
+def test_bench_results_go_to_a_writable_folder(tmp_path, monkeypatch):
+    """Inside the image the source tree is not writable: results go to $RAYCHAT_HOME/bench, or to --out."""
+    import raychat.commands.bench as bench
+
+    monkeypatch.setattr(bench, "REPO_ROOT", tmp_path / "installed")          # no writable benchmarks/ there
+    monkeypatch.setenv("RAYCHAT_HOME", str(tmp_path / "home"))
+    d = bench.results_dir(None)
+    assert d == tmp_path / "home" / "bench" and d.is_dir()
+    bench.record("muon", "raychat bench muon", "table", "0.1 0.1 0.1", d)
+    assert (d / "results" / "muon.txt").read_text() == "table" and "## muon" in (d / "RESULTS.md").read_text()
+    assert bench.results_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+    (tmp_path / "file").write_text("x")
+    from raychat.common import RaychatError
+
+    with pytest.raises(RaychatError, match="cannot create the benchmark results folder"):
+        bench.results_dir(str(tmp_path / "file" / "sub"))
+
+
+def test_bench_muon_runs_without_pytest():
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, runpy; sys.modules['pytest'] = None; sys.argv = ['bench_muon.py', '--rounds', '1']; "
+            "runpy.run_path('benchmarks/bench_muon.py', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": f"{root / 'libs'}:{root / 'services'}"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith(("muon_step[", "polar_express["))]
+    assert len(rows) == 6 and all(float(line.split()[-1]) > 0 for line in rows)   # GFLOP/s column

@@ -23,7 +23,7 @@ def test_smoke_speedrun_runs_every_stage_then_resumes(tmp_path, capsys, monkeypa
     out = capsys.readouterr().out
     assert f"raychat chat --run-dir {run} --stage sft" in out and f"raychat serve --run-dir {run}" in out
     state = json.loads((run / "speedrun.json").read_text())
-    stages = ["tokenizer", "tokenizer_eval", "pretrain", "base_eval", "sft", "chat_eval", "report"]
+    stages = ["data", "tokenizer", "tokenizer_eval", "pretrain", "base_eval", "sft", "chat_eval", "report"]
     assert list(state["stages"]) == stages
     assert all(state["stages"][s]["status"] == "ran" for s in stages)
     for path in ("tokenizer/tokenizer.json", "evals/tokenizer.json", "checkpoints/base/step_000012/meta.json",
@@ -36,7 +36,7 @@ def test_smoke_speedrun_runs_every_stage_then_resumes(tmp_path, capsys, monkeypa
         assert section in report, section
     assert json.loads((run / "evals" / "chat_sft.json").read_text())["results"].keys() == {"ARC-Easy",
                                                                                           "SpellingBee"}
-    # a second run resumes: everything but the report is skipped
+    # a second run resumes: everything but the data check and the report is skipped
     assert main(["speedrun", "--preset", "smoke", "--run-dir", str(run), "--no-ray"]) == 0
     out = capsys.readouterr().out
     assert out.count("output exists, skipped") == 6

@@ -113,19 +113,11 @@ def print0(*args, **kwargs) -> None:
 
 
 def shared_data_dir() -> Path | None:
-    """The repository's sibling ../shared/data (real datasets for CPU presets and tests), if present."""
+    """The repository's sibling ../shared/data (or RAYCHAT_SHARED_DATA), if present: the data registry's
+    development default (raychat/data/registry.py), never required."""
     env = os.environ.get("RAYCHAT_SHARED_DATA")
     p = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
     return p if p.is_dir() else None
-
-
-def require_shared_data(sub: str) -> Path:
-    base = shared_data_dir()
-    if base is None or not (base / sub).exists():
-        raise RaychatError(
-            f"dataset '{sub}' not found: expected ../shared/data/{sub} beside the repository "
-            "(or set RAYCHAT_SHARED_DATA); on a GPU box download real data with `raychat data download`")
-    return base / sub
 
 
 def default_runs_root() -> Path:

@@ -1,9 +1,12 @@
-"""Pretraining data: parquet shard sets (list, download, prepare) and the packing loader."""
+"""Data: the dataset registry (what each stage reads, where it lives, downloads), parquet shard sets (list,
+prepare) and the packing loader."""
 
-from raychat.data.download import DATASETS, DownloadError, download_file, download_shards
+from raychat.data.download import DownloadError, download_file, fetch_hub_file
 from raychat.data.loader import PackedLoader
 from raychat.data.prepare import prepare_dataset
+from raychat.data.registry import DATASETS, MissingDataError, data_root, resolve, shard_dir
 from raychat.data.shards import default_data_dir, iter_texts, list_shards, resolve_data_dir
 
-__all__ = ["DATASETS", "DownloadError", "PackedLoader", "default_data_dir", "download_file", "download_shards",
-           "iter_texts", "list_shards", "prepare_dataset", "resolve_data_dir"]
+__all__ = ["DATASETS", "DownloadError", "MissingDataError", "PackedLoader", "data_root", "default_data_dir",
+           "download_file", "fetch_hub_file", "iter_texts", "list_shards", "prepare_dataset", "resolve",
+           "resolve_data_dir", "shard_dir"]

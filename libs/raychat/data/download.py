@@ -1,41 +1,44 @@
-"""Download the real pretraining shard sets (the ones nanochat uses) robustly.
+"""Getting one file onto this node, whole and verified: from a Hugging Face Hub repository, or from a plain URL.
 
-    climbmix     karpathy/climbmix-400b-shuffle    shard_00000 .. shard_06542 (~6,543 parquet files)
-    fineweb-edu  karpathy/fineweb-edu-100b-shuffle shard_00000 .. shard_01822 (~1,823 parquet files, ~94 MB each)
+Hub files (`fetch_hub_file`) go through `huggingface_hub.hf_hub_download` into a plain local folder (`local_dir`),
+so the Hub's conventions hold: `HF_ENDPOINT` (a mirror), `HF_TOKEN` / `hf auth login`, `HF_HUB_OFFLINE`,
+`HF_HOME` (token, Xet cache). The library gives the ETag/size check, a per-file lock, a process-unique temporary
+file renamed into place, and resume after a dropped connection within one call (from the last whole 10 MB
+chunk; a killed process starts that file again: its temporary file is per process). What it does not do, added
+here:
+- retries across requests: a 5xx, a refused connection or a short body is retried with backoff (huggingface_hub
+  retries a few rate-limit and connection cases only, then raises);
+- content hashing: when the Hub's ETag is a sha256 (every LFS file: parquet shards, zips) the finished file is
+  hashed and a mismatch deletes it and retries;
+- an error that names the dataset and the URL.
 
-`--num-shards N` fetches training shards 0..N-1 plus the last shard of the set, which is pinned as the
-validation split (it sorts last in the directory, so `list_shards` picks it as validation however many
-training shards are present, and every run validates on the same text).
-
-What makes it robust, per file:
-- parallel workers (threads: the work is network-bound);
+Files that live outside the Hub (nanochat's CORE bundle zip on S3, the dwyl word list on GitHub) use
+`download_file`, the hand-written downloader kept for them: huggingface_hub has no public API for arbitrary URLs.
+Per file it gives:
 - retries with exponential backoff and jitter; an attempt that made progress resets the retry budget, so a
   link that drops every few hundred MB still finishes;
 - resume: bytes go to `<name>.part` and a retry asks for the rest with an HTTP Range request;
 - size check against Content-Length / Content-Range, and a parquet magic-number check (b"PAR1" at both ends);
-- atomic rename `<name>.part` -> `<name>` only when complete, so a shard that exists is whole;
+- atomic rename `<name>.part` -> `<name>` only when complete, so a file that exists is whole;
 - a file lock (`<name>.lock`, fcntl) so several processes on a node (e.g. 8 ranks) never fetch one file twice:
   the second waits, then sees the finished file and skips it.
-Non-retryable HTTP errors (404, 403, 401) fail that file at once with the URL in the message.
+Non-retryable HTTP errors (404, 403, 401) fail at once with the URL in the message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
-import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
 from raychat.common import RaychatError
-from raychat.progress import Progress
 
 try:
     import fcntl
@@ -43,47 +46,11 @@ except ImportError:  # non-POSIX: no cross-process lock, everything else works
     fcntl = None
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    base_url: str
-    max_shard: int  # index of the last shard; pinned as validation
-    about: str
-
-    @property
-    def num_train_shards(self) -> int:
-        return self.max_shard
-
-
-DATASETS = {
-    "climbmix": DatasetSpec(
-        "climbmix", "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main", 6542,
-        "NVIDIA ClimbMix (400B tokens), reshuffled into parquet shards by karpathy; nanochat's current default"),
-    "fineweb-edu": DatasetSpec(
-        "fineweb-edu", "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main", 1822,
-        "FineWeb-Edu 100BT sample, reshuffled into parquet shards by karpathy; nanochat's earlier default"),
-}
-
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
 class DownloadError(RaychatError):
     pass
-
-
-def shard_name(index: int) -> str:
-    return f"shard_{index:05d}.parquet"
-
-
-def shard_indices(spec: DatasetSpec, num_shards: int) -> list[int]:
-    """The pinned validation shard first (so a partial directory never mistakes a training shard for it),
-    then training shards 0..num_shards-1 (-1 = all)."""
-    if num_shards == -1:
-        num_shards = spec.num_train_shards
-    if not 1 <= num_shards <= spec.num_train_shards:
-        raise RaychatError(f"--num-shards must be 1..{spec.num_train_shards} (or -1 for all) for {spec.name}, "
-                           f"got {num_shards}")
-    return [spec.max_shard, *range(num_shards)]
 
 
 @contextmanager
@@ -201,48 +168,93 @@ def download_file(url: str, dest: str | os.PathLike, max_attempts: int = 8, back
                 time.sleep(delay)
 
 
-def download_shards(dataset: str, num_shards: int, out_dir: str | os.PathLike, num_workers: int = 4,
-                    base_url: str | None = None, progress: bool = True, **file_kwargs) -> dict:
-    """Fetch `num_shards` training shards + the validation shard of `dataset` into `out_dir` (idempotent).
+def env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        raise RaychatError(f"{name} must be a number, got {os.environ[name]!r}") from None
 
-    `base_url` overrides the dataset's URL (a mirror, or a local server in tests). Returns a summary;
-    raises DownloadError naming every shard that failed (the others are kept).
-    """
-    if dataset not in DATASETS:
-        raise RaychatError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    spec = DATASETS[dataset]
-    indices = shard_indices(spec, num_shards)
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    base = (base_url or spec.base_url).rstrip("/")
-    bar = Progress(len(indices), desc=f"download {dataset}", unit="shards", disable=not progress)
-    lock = threading.Lock()
-    nbytes = [0]
-    t0 = time.monotonic()
 
-    def on_bytes(n: int) -> None:
-        with lock:
-            nbytes[0] += n
-        bar.set_postfix(MB=round(nbytes[0] / 1e6, 1), MBps=round(nbytes[0] / 1e6 / (time.monotonic() - t0), 1))
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
-    results: dict[int, str] = {}
-    errors: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
-        futures = {pool.submit(download_file, f"{base}/{shard_name(i)}", out / shard_name(i), on_bytes=on_bytes,
-                               **file_kwargs): i for i in indices}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            try:
-                results[i] = fut.result()
-            except RaychatError as e:
-                errors[i] = str(e)
-            bar.update(1)
-    bar.close()
-    summary = {"dataset": dataset, "out": str(out), "shards": len(indices),
-               "downloaded": sum(r == "downloaded" for r in results.values()),
-               "skipped": sum(r == "skipped" for r in results.values()), "failed": len(errors),
-               "bytes": nbytes[0], "seconds": round(time.monotonic() - t0, 2)}
-    if errors:
-        detail = "; ".join(f"{shard_name(i)}: {msg}" for i, msg in sorted(errors.items())[:5])
-        raise DownloadError(f"{len(errors)} of {len(indices)} shards failed ({detail}); re-run to resume")
-    return summary
+
+def fetch_hub_file(repo_id: str, filename: str, local_dir: str | os.PathLike, revision: str = "main",
+                   repo_type: str = "dataset", what: str = "", max_attempts: int | None = None,
+                   backoff: float | None = None) -> Path:
+    """`local_dir/filename` from the Hub repository, downloaded if absent; verified (size, and sha256 when the
+    Hub's ETag is one). Retries transient failures; raises DownloadError naming `what` and the URL otherwise.
+
+    Retry knobs (tests, slow links): RAYCHAT_DOWNLOAD_ATTEMPTS (default 6), RAYCHAT_DOWNLOAD_BACKOFF (seconds,
+    default 2, doubled per failed attempt, capped at 60)."""
+    from huggingface_hub import constants, hf_hub_url
+
+    dest = Path(local_dir).expanduser() / filename
+    if dest.is_file():
+        return dest
+    endpoint = os.environ.get("HF_ENDPOINT") or None          # read now, not at huggingface_hub import time
+    url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
+    label = f"dataset '{what}' " if what else ""
+    if constants.is_offline_mode():
+        raise DownloadError(f"{label}is not on disk ({dest}) and HF_HUB_OFFLINE is set: fetch it on a machine "
+                            f"with access to {url}, or unset HF_HUB_OFFLINE")
+    attempts = int(max_attempts or env_float("RAYCHAT_DOWNLOAD_ATTEMPTS", 6))
+    wait = backoff if backoff is not None else env_float("RAYCHAT_DOWNLOAD_BACKOFF", 2.0)
+    # One fetcher per file across processes: huggingface_hub's own lock does not stop a second process that
+    # was already waiting from deleting and re-fetching the file the first one just finished.
+    lock = Path(local_dir).expanduser() / ".cache" / "raychat" / f"{filename}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock):
+        if dest.is_file():
+            return dest
+        return _fetch_hub_locked(repo_id, filename, local_dir, revision, repo_type, url, endpoint, label, attempts,
+                                 wait)
+
+
+def _fetch_hub_locked(repo_id, filename, local_dir, revision, repo_type, url, endpoint, label, attempts,
+                      wait) -> Path:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    dest = Path(local_dir).expanduser() / filename
+    last = ""
+    for attempt in range(1, attempts + 1):
+        try:
+            meta = get_hf_file_metadata(url)
+            path = Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=revision,
+                                        local_dir=str(local_dir), endpoint=endpoint))
+            etag = (meta.etag or "").strip('"').removeprefix("W/").strip('"')
+            if re.fullmatch(r"[0-9a-f]{64}", etag) and _sha256(path) != etag:
+                path.unlink(missing_ok=True)
+                raise OSError(f"sha256 of the downloaded file does not match the Hub's ETag {etag[:12]}...")
+            if meta.size is not None and path.stat().st_size != meta.size:
+                path.unlink(missing_ok=True)
+                raise OSError(f"got {path.stat().st_size} bytes, the Hub says {meta.size}")
+            return path
+        except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError, EntryNotFoundError) as e:
+            hint = " (set HF_TOKEN for a gated or private repository)" if isinstance(e, GatedRepoError) else ""
+            raise DownloadError(f"{label}file {filename} not available at {url}: "
+                                f"{type(e).__name__}{hint}") from None
+        except OfflineModeIsEnabled:
+            raise DownloadError(f"{label}is not on disk ({dest}) and HF_HUB_OFFLINE is set") from None
+        except HfHubHTTPError as e:
+            status = e.response.status_code if e.response is not None else None
+            if status is not None and status not in RETRYABLE_HTTP:
+                raise DownloadError(f"{label}HTTP {status} for {url}") from None
+            last = f"HTTP {status}"
+        except Exception as e:  # noqa: BLE001 - httpx errors, consistency errors, refused connections
+            last = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        if attempt < attempts:
+            time.sleep(min(60.0, wait * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+    raise DownloadError(f"could not download {label}file {filename} from {url} after {attempts} attempts: {last}")

@@ -14,27 +14,29 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from raychat.common import RaychatError, shared_data_dir
+from raychat.common import RaychatError
 
 TEXT_COLUMN = "text"
 
 
 def default_data_dir() -> Path | None:
-    """../shared/data/pretrain beside the repository (CPU presets, tests) when it exists."""
-    base = shared_data_dir()
-    return base / "pretrain" if base is not None and (base / "pretrain").is_dir() else None
+    """The pretraining shards the data registry knows (downloaded ClimbMix, else the shared Wikipedia shards)."""
+    from raychat.data.registry import MissingDataError, shard_dir
+
+    try:
+        return shard_dir("climbmix")
+    except MissingDataError:
+        return None
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """The given directory, else the shared Wikipedia shards, else a RaychatError that explains how to get data."""
+    """The given directory, else the registry's pretraining shards, else a RaychatError that explains how to get
+    data."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
-    d = default_data_dir()
-    if d is None:
-        raise RaychatError("no --data-dir given and ../shared/data/pretrain does not exist: download shards with "
-                           "`raychat data download --dataset climbmix --num-shards 8 --out DIR` or build your own "
-                           "with `raychat data prepare FILES... --out DIR`")
-    return d
+    from raychat.data.registry import shard_dir
+
+    return shard_dir("climbmix")
 
 
 def list_shards(data_dir: str | os.PathLike) -> tuple[list[Path], Path]:

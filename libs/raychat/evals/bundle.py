@@ -5,27 +5,24 @@ optional continuation_delimiter), `eval_meta_data.csv` (`Eval Task`, `Random bas
 `eval_data/<category>/<task>.jsonl`.
 
 The official bundle (22 tasks, ~160 MB zip, top folder `eval_bundle/`) is nanochat's download from
-`EVAL_BUNDLE_URL`. The shared copy at ../shared/data/eval_bundle holds 20 of the 22 (squad and coqa were not
-sourced; its core.yaml lists them under `missing_icl_tasks`). Whatever a bundle lacks is reported by name, and
+`EVAL_BUNDLE_URL`; the data registry keeps it as dataset `eval_bundle` (`raychat data download eval_bundle`).
+The shared development copy at ../shared/data/eval_bundle holds 20 of the 22 (squad and coqa were not sourced;
+its core.yaml lists them under `missing_icl_tasks`). Whatever a bundle lacks is reported by name, and
 CORE is then the mean over the tasks that ran, which is not comparable to a 22-task CORE: reports must say so.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import tempfile
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from raychat.common import RaychatError, print0, shared_data_dir
-
-EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
+from raychat.common import RaychatError, print0
+from raychat.data import registry
+from raychat.data.registry import EVAL_BUNDLE_URL
 
 # The 22 CORE tasks (DCLM's low-variance set), in DCLM's order.
 CORE_TASK_LABELS = (
@@ -100,10 +97,11 @@ def load_bundle(bundle_dir) -> CoreBundle:
     return CoreBundle(root, tasks, missing)
 
 
-def download_eval_bundle(dest_dir, url: str = EVAL_BUNDLE_URL, timeout: float = 60.0) -> Path:
-    """Download the bundle zip and unpack it so that `dest_dir/core.yaml` exists. Atomic: the unpacked folder
-    is renamed into place, so an interrupted download never leaves a half bundle that looks complete."""
-    from raychat.progress import Progress
+def download_eval_bundle(dest_dir, url: str = EVAL_BUNDLE_URL) -> Path:
+    """Download the bundle zip from `url` and unpack it so that `dest_dir/core.yaml` exists (resumable, and
+    atomic: the unpacked folder is renamed into place, so an interrupted download never leaves a half bundle
+    that looks complete)."""
+    from raychat.data.download import download_file
 
     dest = Path(dest_dir).expanduser()
     if (dest / "core.yaml").is_file():
@@ -112,44 +110,19 @@ def download_eval_bundle(dest_dir, url: str = EVAL_BUNDLE_URL, timeout: float = 
     with tempfile.TemporaryDirectory(prefix=".eval_bundle_", dir=dest.parent) as tmp:
         zpath = Path(tmp) / "eval_bundle.zip"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(zpath, "wb") as out:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                bar = Progress(total, desc="eval_bundle.zip", unit="B")
-                while chunk := resp.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-                bar.close()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise RaychatError(f"could not download the CORE eval bundle from {url}: {e}; pass a local bundle "
+            download_file(url, zpath, max_attempts=3)
+            registry.unpack_zip(zpath, dest, "core.yaml")
+        except RaychatError as e:
+            raise RaychatError(f"could not get the CORE eval bundle from {url}: {e}; pass a local bundle "
                                "directory instead (--eval-bundle DIR)") from None
-        try:
-            with zipfile.ZipFile(zpath) as z:
-                z.extractall(Path(tmp) / "x")      # zipfile drops absolute paths and '..' components
-        except zipfile.BadZipFile:
-            raise RaychatError(f"{url} did not return a zip file") from None
-        found = sorted((p.parent for p in (Path(tmp) / "x").rglob("core.yaml")), key=lambda p: len(p.parts))
-        if not found:
-            raise RaychatError(f"the archive from {url} holds no core.yaml")
-        if dest.is_dir() and not any(dest.iterdir()):
-            dest.rmdir()                            # an empty target folder (e.g. made by the user) is fine
-        try:
-            os.replace(found[0], dest)
-        except OSError:
-            # a concurrent downloader may have won the race (fine); anything else there is the user's: keep it
-            if not (dest / "core.yaml").is_file():
-                raise RaychatError(f"cannot unpack the eval bundle into {dest}: it exists and is not a bundle"
-                                   ) from None
     print0(f"CORE eval bundle ready at {dest}")
     return dest
 
 
-def default_bundle_cache() -> Path:
-    return Path(os.environ.get("RAYCHAT_HOME", Path.home() / ".cache" / "raychat")) / "eval_bundle"
-
-
 def find_eval_bundle(bundle_dir=None, download: bool = False, url: str = EVAL_BUNDLE_URL) -> Path:
-    """Pick the bundle: an explicit directory (downloaded into if absent and `download`), else the cached official
-    bundle, else download it (if allowed), else the shared 20-task copy; error with what to do otherwise.
+    """Pick the bundle: an explicit directory (downloaded into if absent and `download`), else the downloaded
+    official bundle (data registry), else download it (if allowed), else the shared 20-task copy; error with what
+    to do otherwise.
 
     Under an initialised process group every rank must call this: rank 0 decides (and downloads, if its
     `download` is true) and broadcasts the path, so all ranks evaluate the same tasks. Callers may pass
@@ -179,19 +152,24 @@ def _find_eval_bundle(bundle_dir, download: bool, url: str) -> Path:
             return download_eval_bundle(p, url)
         raise RaychatError(f"no CORE eval bundle at {p} (core.yaml missing); pass --download to fetch the official "
                            f"one from {url}")
-    cache = default_bundle_cache()
-    if (cache / "core.yaml").is_file():
-        return cache
-    shared = shared_data_dir()
-    shared = shared / "eval_bundle" if shared is not None and (shared / "eval_bundle" / "core.yaml").is_file() \
-        else None
+    local = registry.local_path("eval_bundle")
+    if local is not None:
+        return local
+    try:
+        shared = registry.resolve("eval_bundle")
+    except registry.MissingDataError:
+        shared = None
     if download:
         try:
-            return download_eval_bundle(cache, url)
+            if url == EVAL_BUNDLE_URL:
+                registry.download("eval_bundle")
+                return registry.resolve("eval_bundle")
+            return download_eval_bundle(registry.data_root() / "eval_bundle", url)
         except RaychatError as e:
             if shared is None:
                 raise
             print0(f"warning: {e}; using the shared 20-task bundle at {shared} instead")
     if shared is not None:
         return shared
-    raise RaychatError(f"no CORE eval bundle found: pass --eval-bundle DIR, or allow the download from {url}")
+    raise RaychatError(f"no CORE eval bundle found: run `raychat data download eval_bundle`, pass --eval-bundle DIR, "
+                       f"or allow the download from {url}")

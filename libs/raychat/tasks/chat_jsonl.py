@@ -1,5 +1,5 @@
-"""Conversations from a JSONL file: one `{"messages": [...]}` per line (the shared SFT files, or the user's own
-file passed with one flag, e.g. `raychat sft --extra-jsonl my_convs.jsonl`).
+"""Conversations from files: a JSONL file with one `{"messages": [...]}` per line (the user's own file passed with
+one flag, e.g. `raychat sft --extra-jsonl my_convs.jsonl`), and SmolTalk, nanochat's SFT conversations.
 
 The whole file is validated when the task is built, so a bad line fails fast with `file:line: reason` instead of
 crashing a training job hours later.
@@ -47,6 +47,52 @@ class ChatJsonl(Task):
                 self.conversations.append(conv)
         if not self.conversations:
             raise RaychatError(f"{self.path}: no conversations in file")
+
+    def num_examples(self) -> int:
+        return len(self.conversations)
+
+    def get_example(self, index: int) -> dict:
+        return self.conversations[index]
+
+
+class SmolTalk(Task):
+    """HuggingFaceTB/smol-smoltalk (nanochat's general SFT conversations: 460K train, 24K test rows with a
+    `messages` column), through the data registry. Rows the chat template cannot render (e.g. an empty turn) are
+    dropped and counted in `num_dropped`, so one odd row of 460K does not stop an SFT run.
+
+    Without a download, the development default is ../shared/data/chat: small single-turn JSONL files standing
+    in for SmolTalk (train split only; `include_noncommercial=False` leaves out the CC BY-NC ones)."""
+
+    NONCOMMERCIAL = ("alpaca_5000.jsonl", "code_alpaca_2k.jsonl")
+
+    def __init__(self, split: str = "train", include_noncommercial: bool = True, **kwargs):
+        from raychat.data.registry import split_files
+        from raychat.tasks.common import read_records
+
+        super().__init__(**kwargs)
+        if split not in ("train", "test"):
+            raise RaychatError(f"SmolTalk split must be train or test, got {split!r}")
+        paths = split_files("smoltalk", split)
+        path = paths[0]
+        if path.is_dir():   # the development stand-ins: validated strictly, like any user file
+            files = sorted(p for p in path.glob("*.jsonl") if include_noncommercial or p.name not in self.NONCOMMERCIAL)
+            if not files:
+                raise RaychatError(f"no conversation files (*.jsonl) in {path}")
+            self.conversations = [c for f in files for c in ChatJsonl(f).conversations]
+            self.num_dropped = 0
+            return
+        self.conversations, self.num_dropped = [], 0
+        for row in (r for p in paths for r in read_records(p)):
+            msgs = row.get("messages") or []
+            conv = {"messages": [{"role": m.get("role"), "content": m.get("content")} for m in msgs]}
+            try:
+                validate_conversation(conv)
+            except RaychatError:
+                self.num_dropped += 1
+                continue
+            self.conversations.append(conv)
+        if not self.conversations:
+            raise RaychatError(f"{path}: no usable conversations")
 
     def num_examples(self) -> int:
         return len(self.conversations)

@@ -17,14 +17,42 @@ weights take a seeded subset) and `TaskSequence` (curricula: one task after anot
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import random
 import re
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 import numpy as np
 
 from raychat.common import RaychatError
+
+
+def read_records(path) -> list[dict]:
+    """The rows of a task data file as dicts: `.parquet` (the Hub's layout: nested columns become lists and
+    dicts), `.jsonl` or `.jsonl.gz` (the shared development copies). A bad file is a RaychatError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RaychatError(f"task file not found: {path}")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
+            raise RaychatError(f"unreadable parquet file {path}: {e}") from None
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RaychatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    return rows
 
 
 class Task:

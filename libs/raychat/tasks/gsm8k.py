@@ -7,17 +7,19 @@ At inference the engine runs the calculator when the model closes `<|python_end|
 so the model learns to delegate arithmetic. Every one of the 23,716 annotations in train.jsonl evaluates to its
 recorded result with `raychat.tools.calculator` (checked in tests).
 
+Data: openai/gsm8k `main` (question, answer), through the data registry (`raychat data download gsm8k`).
+
 Grading: the number after `#### ` in the completion must equal the reference's (commas ignored).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from raychat.common import RaychatError, require_shared_data
-from raychat.tasks.common import Task, extract_answer, last_text, same_number
+from raychat.common import RaychatError
+from raychat.data.registry import resolve
+from raychat.tasks.common import Task, extract_answer, last_text, read_records, same_number
 
 _CALC = re.compile(r"(<<[^>]*>>)")
 
@@ -44,12 +46,9 @@ class GSM8K(Task):
         super().__init__(**kwargs)
         if split not in ("train", "test"):
             raise RaychatError(f"GSM8K split must be train or test, got {split!r}")
-        base = Path(data_dir) if data_dir else require_shared_data("tasks/gsm8k")
-        path = base / f"{split}.jsonl"
-        if not path.is_file():
-            raise RaychatError(f"GSM8K file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            self.rows = [json.loads(line) for line in f if line.strip()]
+        # data_dir: a folder in the shared layout (train.jsonl, test.jsonl); default: the data registry
+        path = Path(data_dir) / f"{split}.jsonl" if data_dir else resolve("gsm8k", split)
+        self.rows = read_records(path)
         self.split = split
 
     def num_examples(self) -> int:

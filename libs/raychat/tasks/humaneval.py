@@ -9,13 +9,11 @@ limit = pass. The completion's code is the first ```python fenced block if there
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from pathlib import Path
 
-from raychat.common import RaychatError, require_shared_data
-from raychat.tasks.common import Task
+from raychat.data.registry import resolve
+from raychat.tasks.common import Task, read_records
 from raychat.tools.execution import check_solution
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)\n```", re.DOTALL)
@@ -48,12 +46,9 @@ class HumanEval(Task):
 
     def __init__(self, data_dir=None, timeout: float = 5.0, **kwargs):
         super().__init__(**kwargs)
-        base = Path(data_dir) if data_dir else require_shared_data("tasks/humaneval")
-        path = base / "HumanEval.jsonl.gz"
-        if not path.is_file():
-            raise RaychatError(f"HumanEval file not found: {path}")
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            self.rows = [json.loads(line) for line in f if line.strip()]
+        # data_dir: a folder holding HumanEval.jsonl.gz (openai/human-eval's file); default: the data registry
+        # (openai/openai_humaneval, same fields)
+        self.rows = read_records(Path(data_dir) / "HumanEval.jsonl.gz" if data_dir else resolve("humaneval", "test"))
         self.timeout = timeout
 
     def num_examples(self) -> int:

@@ -2,11 +2,13 @@
 
 - `eval_task(name)`: the chat-eval tasks by the names reports use (ARC-Easy, ARC-Challenge, MMLU, GSM8K,
   HumanEval, SpellingBee, SimpleArithmetic), test splits.
-- `sft_mixture(...)`: the SFT data: the shared chat files, GSM8K train with tool calls, MMLU dev+val as chat,
-  synthetic spelling/counting/identity, plus any user JSONL files (`extra_jsonl`, the CLI's one flag).
+- `sft_mixture(...)`: the SFT data: SmolTalk conversations, MMLU auxiliary_train as chat, GSM8K train with tool
+  calls, synthetic spelling/counting/identity, plus any user JSONL files (`extra_jsonl`, the CLI's one flag).
+  Every part comes through the data registry (`raychat data download smoltalk mmlu gsm8k`); without downloads the
+  development stand-ins are the shared chat files for SmolTalk and MMLU dev+validation for auxiliary_train.
 - `rl_task(name)`: a task with a checker for GRPO (GSM8K train by default; SimpleArithmetic for CPU smoke runs).
 
-Licence note: alpaca_5000 and code_alpaca_2k are CC BY-NC 4.0 (see shared/data/SOURCES.md);
+Licence note: the shared stand-ins alpaca_5000 and code_alpaca_2k are CC BY-NC 4.0 (see shared/data/SOURCES.md);
 `include_noncommercial=False` leaves them out.
 """
 
@@ -14,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raychat.common import RaychatError, require_shared_data, shared_data_dir
-from raychat.tasks.chat_jsonl import ChatJsonl
+from raychat.common import RaychatError
+from raychat.data.registry import local_path
+from raychat.tasks.chat_jsonl import ChatJsonl, SmolTalk
 from raychat.tasks.common import Task, TaskMixture
 from raychat.tasks.gsm8k import GSM8K
 from raychat.tasks.humaneval import HumanEval
@@ -25,20 +28,22 @@ from raychat.tasks.synthetic import Identity, SimpleArithmetic, SimpleSpelling, 
 EVAL_TASK_NAMES = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "SimpleArithmetic")
 
 
-def _tasks_dir(data_dir) -> Path:
-    return Path(data_dir) if data_dir else require_shared_data("tasks")
+def _sub(data_dir, name: str) -> Path | None:
+    """`data_dir/name` for a folder in the shared layout (tasks/gsm8k, ...); None = the data registry."""
+    return Path(data_dir) / name if data_dir else None
 
 
 def eval_task(name: str, data_dir=None) -> Task:
-    """A chat-eval task by name. `data_dir` is the folder holding gsm8k/, mmlu/, arc/, humaneval/."""
+    """A chat-eval task by name. `data_dir`: a folder in the shared layout holding gsm8k/, mmlu/, arc/,
+    humaneval/; None = the data registry."""
     if name in ("ARC-Easy", "ARC-Challenge"):
-        return ARC(name, "test", data_dir=_tasks_dir(data_dir) / "arc")
+        return ARC(name, "test", data_dir=_sub(data_dir, "arc"))
     if name == "MMLU":
-        return MMLU("test", data_dir=_tasks_dir(data_dir) / "mmlu")
+        return MMLU("test", data_dir=_sub(data_dir, "mmlu"))
     if name == "GSM8K":
-        return GSM8K("test", data_dir=_tasks_dir(data_dir) / "gsm8k")
+        return GSM8K("test", data_dir=_sub(data_dir, "gsm8k"))
     if name == "HumanEval":
-        return HumanEval(data_dir=_tasks_dir(data_dir) / "humaneval")
+        return HumanEval(data_dir=_sub(data_dir, "humaneval"))
     if name == "SpellingBee":
         return SpellingBee(size=256, split="test")
     if name == "SimpleArithmetic":
@@ -48,21 +53,23 @@ def eval_task(name: str, data_dir=None) -> Task:
 
 def sft_mixture(data_dir=None, extra_jsonl=(), extra_weight: float = 1.0, seed: int = 42,
                 include_noncommercial: bool = True, synthetic_size: int = 2000) -> TaskMixture:
-    """The default SFT mixture. `data_dir` is the shared data root (holding chat/ and tasks/); user files in
-    `extra_jsonl` join with `extra_weight` epochs each."""
-    root = Path(data_dir) if data_dir else shared_data_dir()
-    if root is None:
-        raise RaychatError("no SFT data: ../shared/data not found (set RAYCHAT_SHARED_DATA or pass a data dir)")
-    chat_files = ["gpteacher_codegen.jsonl"]
-    if include_noncommercial:
-        chat_files += ["alpaca_5000.jsonl", "code_alpaca_2k.jsonl"]
-    tasks: list[Task] = [ChatJsonl(root / "chat" / f) for f in chat_files]
+    """The default SFT mixture. `data_dir`: a root in the shared layout (chat/ and tasks/) to read instead of the
+    data registry; user files in `extra_jsonl` join with `extra_weight` epochs each."""
+    if data_dir:
+        root = Path(data_dir)
+        chat_files = ["gpteacher_codegen.jsonl"] + (list(SmolTalk.NONCOMMERCIAL) if include_noncommercial else [])
+        tasks: list[Task] = [ChatJsonl(root / "chat" / f) for f in chat_files]
+        mmlu = [MMLU("dev", data_dir=root / "tasks" / "mmlu"), MMLU("val", data_dir=root / "tasks" / "mmlu")]
+        gsm = GSM8K("train", data_dir=root / "tasks" / "gsm8k")
+    else:
+        tasks = [SmolTalk("train", include_noncommercial=include_noncommercial)]
+        mmlu = ([MMLU("auxiliary_train")] if local_path("mmlu", "auxiliary_train") is not None
+                else [MMLU("dev"), MMLU("validation")])
+        gsm = GSM8K("train")
     weights = [1.0] * len(tasks)
-    tasks += [GSM8K("train", data_dir=root / "tasks" / "gsm8k"),
-              MMLU("dev", data_dir=root / "tasks" / "mmlu"), MMLU("val", data_dir=root / "tasks" / "mmlu"),
-              SpellingBee(size=synthetic_size), SimpleSpelling(size=synthetic_size),
+    tasks += [gsm, *mmlu, SpellingBee(size=synthetic_size), SimpleSpelling(size=synthetic_size),
               Identity(size=max(1, synthetic_size // 4))]
-    weights += [1.0, 1.0, 1.0, 1.0, 1.0, 2.0]   # identity twice: it is short and the name must stick
+    weights += [1.0] * (1 + len(mmlu)) + [1.0, 1.0, 2.0]   # identity twice: it is short and the name must stick
     for path in extra_jsonl:
         tasks.append(ChatJsonl(path))
         weights.append(extra_weight)
@@ -72,7 +79,7 @@ def sft_mixture(data_dir=None, extra_jsonl=(), extra_weight: float = 1.0, seed: 
 def rl_task(name: str = "GSM8K", data_dir=None, **kwargs) -> Task:
     """A train-split task with a checker, for GRPO."""
     if name == "GSM8K":
-        return GSM8K("train", data_dir=_tasks_dir(data_dir) / "gsm8k", **kwargs)
+        return GSM8K("train", data_dir=_sub(data_dir, "gsm8k"), **kwargs)
     if name == "SimpleArithmetic":
         return SimpleArithmetic(split="train", **kwargs)
     if name == "SpellingBee":

@@ -2,25 +2,19 @@
 assistant answers with the letter alone (see `render_mc`). The chat eval reads `conversation["letters"]` and
 compares the model's logits over those letters only, so a model is graded on knowledge, not on formatting.
 
-Files (../shared/data/tasks, see SOURCES.md): mmlu/{dev,val,test}.jsonl in the cais/mmlu layout
-(`question, subject, choices, answer: int`) and arc/ARC-{Easy,Challenge}_test.jsonl in the allenai/ai2_arc layout
-(`question, choices: {text, label}, answerKey`). Only ARC test splits exist here, so ARC is eval-only.
+Data (through the data registry: `raychat data download mmlu arc`): cais/mmlu `all` (`question, subject, choices,
+answer: int`; splits auxiliary_train, dev, validation, test) and allenai/ai2_arc (`question, choices: {text, label},
+answerKey`; ARC-Easy/ARC-Challenge, train/validation/test). The shared development copies (../shared/data/tasks) have
+the same fields; they lack MMLU auxiliary_train and ARC train/validation.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from raychat.common import RaychatError, require_shared_data
-from raychat.tasks.common import LETTERS, Task, render_mc
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise RaychatError(f"task file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+from raychat.common import RaychatError
+from raychat.data.registry import resolve
+from raychat.tasks.common import LETTERS, Task, read_records, render_mc
 
 
 class MultipleChoiceTask(Task):
@@ -47,12 +41,17 @@ class MultipleChoiceTask(Task):
 
 
 class MMLU(MultipleChoiceTask):
+    SPLITS = ("auxiliary_train", "dev", "validation", "test")
+
     def __init__(self, split: str = "test", data_dir=None, subjects: list[str] | None = None, **kwargs):
-        if split not in ("dev", "val", "test"):
-            raise RaychatError(f"MMLU split must be dev, val or test, got {split!r}")
-        base = Path(data_dir) if data_dir else require_shared_data("tasks/mmlu")
+        split = "validation" if split == "val" else split
+        if split not in self.SPLITS:
+            raise RaychatError(f"MMLU split must be one of {', '.join(self.SPLITS)}, got {split!r}")
+        # data_dir: a folder in the shared layout (dev.jsonl, val.jsonl, test.jsonl); default: the data registry
+        shared_name = {"validation": "val"}.get(split, split)
+        path = Path(data_dir) / f"{shared_name}.jsonl" if data_dir else resolve("mmlu", split)
         rows = []
-        for r in _read_jsonl(base / f"{split}.jsonl"):
+        for r in read_records(path):
             if subjects is None or r["subject"] in subjects:
                 letters = list(LETTERS[: len(r["choices"])])
                 rows.append((r["question"], r["choices"], letters, letters[r["answer"]], {"subject": r["subject"]}))
@@ -63,9 +62,12 @@ class ARC(MultipleChoiceTask):
     def __init__(self, subset: str = "ARC-Easy", split: str = "test", data_dir=None, **kwargs):
         if subset not in ("ARC-Easy", "ARC-Challenge"):
             raise RaychatError(f"ARC subset must be ARC-Easy or ARC-Challenge, got {subset!r}")
-        base = Path(data_dir) if data_dir else require_shared_data("tasks/arc")
+        if split not in ("train", "validation", "test"):
+            raise RaychatError(f"ARC split must be train, validation or test, got {split!r}")
+        # data_dir: a folder in the shared layout (ARC-Easy_test.jsonl, ...); default: the data registry
+        path = Path(data_dir) / f"{subset}_{split}.jsonl" if data_dir else resolve("arc", f"{subset}/{split}")
         rows = []
-        for r in _read_jsonl(base / f"{subset}_{split}.jsonl"):
+        for r in read_records(path):
             labels = r["choices"]["label"]
             if r["answerKey"] not in labels:
                 raise RaychatError(f"{subset}: answerKey {r['answerKey']!r} not among labels {labels}")

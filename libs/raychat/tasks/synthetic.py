@@ -16,9 +16,31 @@ import string
 
 from raychat.common import RaychatError
 from raychat.tasks.common import Task, extract_answer, last_text, same_number, seeded_rng
-from raychat.tasks.words import WORDS
 
 _TEST_SEED_OFFSET = 10_000_000    # test examples come from seeds no train example uses
+_WORDS: dict[str, tuple[str, ...]] = {}
+
+
+def load_words() -> tuple[str, ...]:
+    """The spelling tasks' word list: nanochat's (dwyl/english-words, 370K words) once `raychat data download words`
+    has fetched it, else the list shipped in raychat/tasks/words.txt: the 5008 most frequent lowercase words
+    (3-14 letters) of the shared Wikipedia shards 0-4 plus a few classic letter-counting words (strawberry,
+    mississippi, bookkeeper, ...), so the CPU presets need no download. Lowercase a-z words only."""
+    from raychat.data.registry import resolve
+
+    path = resolve("words")
+    key = str(path)
+    if key not in _WORDS:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise RaychatError(f"cannot read the word list {path}: {e}") from None
+        words = tuple(w for w in text.split() if w.isascii() and w.isalpha() and w.islower())
+        if not words:
+            raise RaychatError(f"the word list {path} holds no lowercase words")
+        _WORDS[key] = words
+    return _WORDS[key]
+
 
 _COUNT_TEMPLATES = (
     "How many {letter} are in the word {word}", "How many {letter} are in {word}",
@@ -57,7 +79,7 @@ class SpellingBee(_Synthetic):
 
     def __init__(self, size: int = 1000, split: str = "train", seed: int = 0, words=None, **kwargs):
         super().__init__(size, split, seed, **kwargs)
-        self.words = tuple(words) if words is not None else WORDS
+        self.words = tuple(words) if words is not None else load_words()
 
     def get_example(self, index: int) -> dict:
         rng = self._rng(index)
@@ -94,7 +116,7 @@ class SimpleSpelling(_Synthetic):
 
     def __init__(self, size: int = 1000, split: str = "train", seed: int = 1, words=None, **kwargs):
         super().__init__(size, split, seed, **kwargs)
-        self.words = tuple(words) if words is not None else WORDS
+        self.words = tuple(words) if words is not None else load_words()
 
     def get_example(self, index: int) -> dict:
         word = self._rng(index).choice(self.words)

@@ -1,6 +1,9 @@
 """`raychat bench train|engine|loader|core|muon|serve|all`: run the benchmarks in benchmarks/ and record their
-tables in benchmarks/RESULTS.md (one section per benchmark, replaced on each run, with the exact command,
-machine, load average, date and commit) and the raw output in benchmarks/results/<name>.txt.
+tables in <out>/RESULTS.md (one section per benchmark, replaced on each run, with the exact command, machine,
+load average, date and commit) and the raw output in <out>/results/<name>.txt.
+
+<out> is `--out DIR`, else benchmarks/ of a writable source checkout (the repository's own record), else
+$RAYCHAT_HOME/bench (inside the image the install folder belongs to root; the home folder is the user's).
 
     raychat bench train                  # training tokens/s + MFU vs this CPU's GEMM peak, GPU projection
     raychat bench engine                 # prefill/decode tokens/s, TTFT, continuous batching vs sequential
@@ -19,22 +22,40 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raychat.common import REPO_ROOT, RaychatError, code_version
+from raychat.common import REPO_ROOT, RaychatError, code_version, default_runs_root
 
 BENCHES = {
     "train": ["benchmarks/bench_train.py"],
     "engine": ["benchmarks/bench_engine.py"],
     "loader": ["benchmarks/bench_loader.py"],
     "core": ["benchmarks/bench_core.py"],
-    "muon": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_muon.py", "--benchmark-only",
-             "--benchmark-columns=min,median,mean,rounds", "-o", "addopts="],
+    "muon": ["benchmarks/bench_muon.py"],
     "serve": ["benchmarks/bench_serve.py"],
 }
 
 
 def add_arguments(p):
     p.add_argument("which", choices=[*BENCHES, "all"], help="benchmark to run")
-    p.add_argument("--no-record", action="store_true", help="print only; do not touch benchmarks/RESULTS.md")
+    p.add_argument("--no-record", action="store_true", help="print only; do not write RESULTS.md")
+    p.add_argument("--out", default=None, help="folder for RESULTS.md and results/ (default: benchmarks/ of a "
+                   "writable source checkout, else $RAYCHAT_HOME/bench)")
+
+
+def results_dir(out: str | None) -> Path:
+    """Where results go: --out, else the checkout's benchmarks/ when writable, else $RAYCHAT_HOME/bench."""
+    if out:
+        d = Path(out).expanduser()
+    else:
+        d = REPO_ROOT / "benchmarks"
+        if not os.access(d, os.W_OK):
+            d = default_runs_root().parent / "bench"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RaychatError(f"cannot create the benchmark results folder {d}: {e.strerror}; pass --out DIR") from None
+    if not os.access(d, os.W_OK):
+        raise RaychatError(f"benchmark results folder {d} is not writable; pass --out DIR")
+    return d
 
 
 def machine() -> str:
@@ -63,9 +84,10 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}{gpu}"
 
 
-def record(name: str, cmd: str, output: str, load: str) -> None:
-    results = REPO_ROOT / "benchmarks" / "RESULTS.md"
-    raw_dir = REPO_ROOT / "benchmarks" / "results"
+def record(name: str, cmd: str, output: str, load: str, out_dir: Path | None = None) -> None:
+    out_dir = out_dir if out_dir is not None else REPO_ROOT / "benchmarks"
+    results = out_dir / "RESULTS.md"
+    raw_dir = out_dir / "results"
     raw_dir.mkdir(exist_ok=True)
     (raw_dir / f"{name}.txt").write_text(output)
     code = code_version()
@@ -84,6 +106,7 @@ def record(name: str, cmd: str, output: str, load: str) -> None:
 def run(args):
     names = list(BENCHES) if args.which == "all" else [args.which]
     args.extra = getattr(args, "passthrough", [])
+    out_dir = None if args.no_record else results_dir(getattr(args, "out", None))
     failed = []
     for name in names:
         script = BENCHES[name]
@@ -103,7 +126,8 @@ def run(args):
             failed.append(name)
             continue
         if not args.no_record:
-            record(name, cmd, "".join(out), load)
+            record(name, cmd, "".join(out), load, out_dir)
+            print(f"recorded in {out_dir / 'RESULTS.md'}", flush=True)
     if failed:
         raise RaychatError(f"benchmark(s) failed: {', '.join(failed)}")
     return 0

@@ -102,14 +102,15 @@ def final_checkpoint(run_dir: Path, stage: str) -> str:
     return "done" if meta.get("final") or (planned is not None and meta.get("step") == planned) else "partial"
 
 
-def training(stage: str, ckpt_dir: str, preset: SpeedrunPreset, args, run_dir: Path, **fields) -> Stage:
+def training(stage: str, ckpt_dir: str, preset: SpeedrunPreset, args, run_dir: Path,
+             fields: Callable[[], dict] = dict) -> Stage:
     """A training stage: the ladder's config for the preset's model size, its overrides, the run's paths; resumed
-    when a partial checkpoint exists."""
+    when a partial checkpoint exists. `fields()` is called when the stage runs (paths known only by then)."""
     from raychat.train.config import get_preset
     from raychat.train.harness import launch
 
     def run():
-        cfg = get_preset(preset.model, stage).replace(run_dir=str(run_dir), **fields,
+        cfg = get_preset(preset.model, stage).replace(run_dir=str(run_dir), **fields(),
                                                       **({"run": f"{args.run}-{stage}"} if args.run else {}),
                                                       **preset.overrides.get(stage, {}))
         launch(stage, cfg, resume=final_checkpoint(run_dir, ckpt_dir) == "partial", no_ray=args.no_ray,
@@ -118,22 +119,55 @@ def training(stage: str, ckpt_dir: str, preset: SpeedrunPreset, args, run_dir: P
     return Stage(stage, lambda: final_checkpoint(run_dir, ckpt_dir) == "done", run)
 
 
-def stages(preset: SpeedrunPreset, args, run_dir: Path, data_dir: str) -> list[Stage]:
+TOKENIZER_CHARS_PER_SHARD = 250_000_000   # ClimbMix: ~250M characters per shard (nanochat: 8 shards for 2B chars)
+
+
+def stage_data(args, preset: SpeedrunPreset) -> dict:
+    """Fetch what the preset's stages read and is missing (`raychat data download --for PRESET`). The pretraining
+    shards the tokenizer needs come first; the rest continue on a background thread while the tokenizer trains
+    (as nanochat does); `wait()` blocks until they are there (called before pretraining). With --data-dir the
+    pretraining shards are the user's and only the other datasets are fetched.
+    -> {"data_dir": the pretraining shard folder, "wait": callable}"""
+    from raychat.commands.data import preset_needs
+    from raychat.data import registry
+
+    needs, shards, dev_default = preset_needs(args.preset)
+    shard_sets = [n for n in needs if registry.get(n).shard_repo]
+    registry.ensure([n for n in needs if n not in shard_sets], dev_default=dev_default)
+    if args.data_dir is not None or not shard_sets:
+        return {"data_dir": args.data_dir, "wait": lambda: None}
+    name = shard_sets[0]
+    first = min(shards, max(1, -(-preset.tok_max_chars // TOKENIZER_CHARS_PER_SHARD)))
+    registry.ensure([name], num_shards=first, dev_default=dev_default)
+    rest = None
+    if registry.missing([name], dev_default=dev_default, num_shards=shards):
+        print(f"[data] {name}: shards {first}..{shards - 1} continue in the background", flush=True)
+        rest = registry.Background([name], num_shards=shards, dev_default=dev_default, progress=False)
+    return {"data_dir": str(registry.shard_dir(name, dev_default=dev_default)),
+            "wait": rest.wait if rest is not None else lambda: None}
+
+
+def stages(preset: SpeedrunPreset, args, run_dir: Path) -> list[Stage]:
     rd, exists = {"run_dir": str(run_dir)}, (lambda rel: lambda: (run_dir / rel).is_file())
-    out = []
-    if preset.download_shards and args.data_dir is None:
-        def download():
-            command("data", "download", num_shards=preset.download_shards, out=data_dir)
-            (Path(data_dir) / ".complete").write_text("ok\n")
-        out.append(Stage("data", lambda: (Path(data_dir) / ".complete").exists(), download))
-    out += [
+    data: dict = {}                      # filled by the data stage: the shard folder and the background download
+
+    def data_dir() -> str:
+        return data["data_dir"]
+
+    def pretrain_fields() -> dict:
+        data["wait"]()                   # the pretraining shards still downloading in the background
+        return {"data_dir": data_dir()}
+
+    out = [
+        Stage("data", lambda: False, lambda: data.update(stage_data(args, preset))),
         Stage("tokenizer", exists("tokenizer/tokenizer.json"),
-              lambda: command("tok_train", **rd, data_dir=data_dir, vocab_size=preset.vocab_size,
+              lambda: command("tok_train", **rd, data_dir=data_dir(), vocab_size=preset.vocab_size,
                               max_chars=preset.tok_max_chars)),
-        Stage("tokenizer_eval", exists("evals/tokenizer.json"), lambda: command("tok_eval", **rd, data_dir=data_dir)),
-        training("pretrain", "base", preset, args, run_dir, data_dir=data_dir),
+        Stage("tokenizer_eval", exists("evals/tokenizer.json"),
+              lambda: command("tok_eval", **rd, data_dir=data_dir())),
+        training("pretrain", "base", preset, args, run_dir, pretrain_fields),
         Stage("base_eval", exists("evals/base.json"),
-              lambda: command("eval", "base", **rd, data_dir=data_dir, max_per_task=preset.core_max_per_task,
+              lambda: command("eval", "base", **rd, data_dir=data_dir(), max_per_task=preset.core_max_per_task,
                               download_bundle=bool(preset.download_shards))),
         training("sft", "sft", preset, args, run_dir),
         Stage("chat_eval", exists("evals/chat_sft.json"),
@@ -148,25 +182,19 @@ def stages(preset: SpeedrunPreset, args, run_dir: Path, data_dir: str) -> list[S
     return out + [Stage("report", lambda: False, lambda: command("report", **rd))]
 
 
+
+
 def run(args):
-    from raychat.common import RaychatError, resolve_run_dir, shared_data_dir
+    from raychat.common import resolve_run_dir
 
     preset = PRESETS[args.preset]
     run_dir = resolve_run_dir(args.run_dir, args.preset)
-    data_dir = args.data_dir
-    if data_dir is None and preset.download_shards == 0:
-        if shared_data_dir() is None:
-            raise RaychatError("no ../shared/data next to the repository: pass --data-dir with parquet shards "
-                               "(see `raychat data prepare` / `raychat data download`)")
-        data_dir = str(shared_data_dir() / "pretrain")
-    elif data_dir is None:
-        data_dir = str(Path(os.environ.get("RAYCHAT_HOME", Path.home() / ".cache" / "raychat")) / "data" / "climbmix")
     state_path = run_dir / "speedrun.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     state.update({"preset": args.preset, "hardware": preset.hardware})
     state.setdefault("stages", {})
     t_start = time.time()
-    plan = stages(preset, args, run_dir, data_dir)
+    plan = stages(preset, args, run_dir)
     for stage in plan:
         if stage.done():
             print(f"[speedrun] {stage.name}: output exists, skipped", flush=True)

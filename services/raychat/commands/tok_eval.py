@@ -14,7 +14,7 @@ import json
 import sysconfig
 from pathlib import Path
 
-from raychat.common import RaychatError, resolve_run_dir, shared_data_dir
+from raychat.common import RaychatError, resolve_run_dir
 
 # a few sentences written for this table: scripts that byte-level BPE trained on English handles poorly
 MULTILINGUAL = """\
@@ -50,17 +50,27 @@ def _code_sample(max_chars: int) -> str:
 
 
 def _jsonl_sample(paths: list[Path], fields, max_chars: int) -> str:
+    """Text of the first rows of task files (.jsonl or the Hub's .parquet), up to `max_chars`."""
+    from raychat.tasks.common import read_records
+
     parts, n = [], 0
     for p in paths:
-        with open(p, encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                text = fields(row)
-                parts.append(text)
-                n += len(text)
-                if n >= max_chars:
-                    return "\n\n".join(parts)[:max_chars]
+        for row in read_records(p):
+            text = fields(row)
+            parts.append(text)
+            n += len(text)
+            if n >= max_chars:
+                return "\n\n".join(parts)[:max_chars]
     return "\n\n".join(parts)
+
+
+def _optional(fn, *args):
+    from raychat.data.registry import MissingDataError
+
+    try:
+        return fn(*args)
+    except MissingDataError:
+        return None
 
 
 def samples(data_dir: Path, max_chars: int) -> dict[str, str]:
@@ -70,15 +80,18 @@ def samples(data_dir: Path, max_chars: int) -> dict[str, str]:
     out = {"train": "\n".join(iter_texts(train, max_chars=max_chars)),
            "val": "\n".join(iter_texts([val], max_chars=max_chars)),
            "code": _code_sample(max_chars)}
-    shared = shared_data_dir()
-    if shared is not None:
-        chat = sorted((shared / "chat").glob("*.jsonl"))
-        if chat:
-            out["chat"] = _jsonl_sample(chat, lambda r: "\n".join(m["content"] for m in r["messages"]
-                                                                   if isinstance(m["content"], str)), max_chars)
-        gsm = shared / "tasks" / "gsm8k" / "test.jsonl"
-        if gsm.is_file():
-            out["math"] = _jsonl_sample([gsm], lambda r: r["question"] + "\n" + r["answer"], max_chars)
+    # chat and math samples from whatever the data registry has (downloaded or the development copy); optional
+    from raychat.data import registry
+
+    # SmolTalk's test split (one small file), else what stands in for its train split (the shared chat files)
+    chat = _optional(registry.split_files, "smoltalk", "test") or _optional(registry.split_files, "smoltalk", "train")
+    if chat is not None:
+        files = sorted(chat[0].glob("*.jsonl")) if chat[0].is_dir() else chat
+        out["chat"] = _jsonl_sample(files, lambda r: "\n".join(m["content"] for m in r["messages"]
+                                                               if isinstance(m["content"], str)), max_chars)
+    gsm = _optional(registry.resolve, "gsm8k", "test")
+    if gsm is not None:
+        out["math"] = _jsonl_sample([gsm], lambda r: r["question"] + "\n" + r["answer"], max_chars)
     out["multilingual"] = MULTILINGUAL
     return {k: v for k, v in out.items() if v}
 

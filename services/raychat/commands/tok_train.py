@@ -18,7 +18,8 @@ from raychat.common import RaychatError, resolve_run_dir
 
 def add_arguments(p) -> None:
     p.add_argument("--data-dir", default=None,
-                   help="dataset directory of parquet shards; unset = ../shared/data/pretrain when it exists")
+                   help="dataset directory of parquet shards; unset = the downloaded climbmix shards (data registry), "
+                   "else ../shared/data/pretrain")
     p.add_argument("--max-chars", type=int, default=2_000_000_000,
                    help="train on at most this many characters of text (chars)")
     p.add_argument("--doc-cap", type=int, default=10_000, help="cut each document to this many characters (chars)")

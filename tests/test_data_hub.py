@@ -1,0 +1,241 @@
+"""Every dataset by download, from a local stand-in for the Hugging Face Hub (tests/hub_server.py), with no
+../shared beside the checkout: the registry, `raychat data download`, and the smoke speedrun end to end."""
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hub_server import MIRROR_REPO, HubServer, build_bundle
+
+from raychat.common import REPO_ROOT, RaychatError, shared_data_dir
+from raychat.data import registry
+from raychat.data.download import DownloadError, fetch_hub_file
+from raychat.tasks import ARC, GSM8K, MMLU, HumanEval, SmolTalk, SpellingBee, eval_task
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    shared = shared_data_dir()
+    assert shared is not None, "the hub bundle is built from slices of ../shared/data"
+    return build_bundle(shared, tmp_path_factory.mktemp("hub"))
+
+
+@pytest.fixture
+def hub_env(tmp_path, monkeypatch):
+    """A data folder in tmp, no shared development copy, fast retries."""
+    monkeypatch.setenv("RAYCHAT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RAYCHAT_SHARED_DATA", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("RAYCHAT_DATA_REPO", MIRROR_REPO)
+    monkeypatch.setenv("RAYCHAT_DOWNLOAD_BACKOFF", "0.01")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return tmp_path / "data"
+
+
+def _serve(bundle, monkeypatch, faults=False):
+    srv = HubServer(bundle, faults=faults).start()
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    return srv
+
+
+def test_missing_dataset_names_the_command(hub_env):
+    with pytest.raises(registry.MissingDataError, match=r"dataset arc \(ARC-Easy/test\) is not downloaded: run "
+                       r"`raychat data download arc`"):
+        ARC("ARC-Easy", "test")
+    with pytest.raises(registry.MissingDataError, match="raychat data download climbmix"):
+        registry.shard_dir("climbmix")
+    assert registry.missing(["arc", "climbmix", "words"]) == ["arc", "climbmix"]   # words: the packaged list
+    assert len(SpellingBee().words) == 5008
+
+
+def test_every_dataset_downloads_and_loads(bundle, hub_env, monkeypatch):
+    srv = _serve(bundle, monkeypatch)
+    try:
+        for name in registry.DATASETS:
+            registry.download(name, num_shards=2, progress=False)
+        assert registry.missing(list(registry.DATASETS), dev_default=False, num_shards=2) == []
+        # each file is byte-identical to the served one (sha256 = the ETag the server sent)
+        for name, ds in registry.DATASETS.items():
+            for src in ds.files.values():
+                if src.repo:
+                    served = bundle / "datasets" / src.repo / src.path
+                    assert (hub_env / name / src.path).read_bytes() == served.read_bytes()
+        # the loaders read the Hub's parquet layout
+        assert len(ARC("ARC-Challenge", "validation")) == 60 and len(eval_task("ARC-Easy")) == 60
+        assert ARC("ARC-Easy", "train")[0]["messages"][1]["content"] in "ABCD"
+        assert len(MMLU("auxiliary_train")) == 60 and MMLU("test")[0]["letters"] == ["A", "B", "C", "D"]
+        assert len(GSM8K("test")) == 60 and len(HumanEval()) == 20
+        assert len(SmolTalk("train")) == 60 and SmolTalk("test").num_dropped == 0
+        words = SpellingBee().words                        # the downloaded list, not the packaged one
+        assert "zyzzyva" in words and len(words) == 5009
+        assert (registry.shard_dir("climbmix") / "shard_06542.parquet").is_file()
+        assert (hub_env / "eval_bundle" / "core.yaml").is_file()
+        from raychat.commands.tok_eval import samples  # tok-eval's chat and math samples from the Hub's parquet
+
+        texts = samples(registry.shard_dir("climbmix"), 5000)
+        assert len(texts["chat"]) == 5000 and len(texts["math"]) == 5000
+        n = len(srv.requests)
+        for name in registry.DATASETS:                     # second time: nothing to fetch, no request at all
+            assert registry.download(name, num_shards=2, progress=False)["downloaded"] == 0
+        assert len(srv.requests) == n
+    finally:
+        srv.stop()
+
+
+def test_faulty_server_still_delivers_verified_files(bundle, hub_env, monkeypatch):
+    import huggingface_hub.constants as c
+
+    # huggingface_hub resumes from the last whole chunk it read (10 MB); small chunks let a small file resume
+    monkeypatch.setattr(c, "DOWNLOAD_CHUNK_SIZE", 4096)
+    srv = _serve(bundle, monkeypatch, faults=True)
+    try:
+        registry.download("climbmix", num_shards=1, progress=False)
+        registry.download("eval_bundle", progress=False)
+    finally:
+        srv.stop()
+    shard = "shard_00000.parquet"
+    assert (hub_env / "climbmix" / shard).read_bytes() == (bundle / "datasets/karpathy/climbmix-400b-shuffle" /
+                                                          shard).read_bytes()
+    # 503, truncated body, dropped connection, flipped bytes (caught by the sha256 check), then the real file
+    assert srv.counts[("GET", shard)] == 5 and srv.counts[("HEAD", shard)] >= 2
+    assert any(m == "GET" and p.endswith(shard) and r.startswith("bytes=") for m, p, r in srv.requests)  # resumed
+    assert (hub_env / "eval_bundle" / "core.yaml").is_file()
+    assert not (hub_env / ".eval_bundle.download").exists()
+
+
+def test_concurrent_fetchers_download_each_file_once(bundle, hub_env, monkeypatch):
+    srv = _serve(bundle, monkeypatch)
+    errors = []
+
+    def fetch():
+        try:
+            fetch_hub_file("openai/gsm8k", "main/train-00000-of-00001.parquet", hub_env / "gsm8k", what="gsm8k")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=fetch) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        srv.stop()
+    assert not errors
+    assert srv.counts[("GET", "main/train-00000-of-00001.parquet")] == 1
+
+
+def test_errors_name_dataset_and_url(bundle, hub_env, monkeypatch):
+    srv = _serve(bundle, monkeypatch)
+    try:
+        with pytest.raises(DownloadError, match=r"dataset 'arc' file ARC-Easy/nope.parquet not available at "
+                           rf"{srv.url}/datasets/allenai/ai2_arc/resolve/main/ARC-Easy/nope.parquet"):
+            fetch_hub_file("allenai/ai2_arc", "ARC-Easy/nope.parquet", hub_env / "arc", what="arc")
+        with pytest.raises(DownloadError, match="not available at"):
+            fetch_hub_file("nobody/nothing", "x.parquet", hub_env / "x", what="x")
+    finally:
+        srv.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set"):
+        registry.download("gsm8k", progress=False)
+    monkeypatch.delenv("RAYCHAT_DATA_REPO")                   # a plain-URL file: offline refuses it too
+    with pytest.raises(DownloadError, match=r"dataset 'words' is not on disk .* HF_HUB_OFFLINE is set"):
+        registry.download("words", progress=False)
+    with pytest.raises(RaychatError, match="unknown dataset"):
+        registry.get("c4")
+    with pytest.raises(RaychatError, match="--num-shards must be 1..6542"):
+        registry.shard_indices(registry.get("climbmix"), 0)
+
+
+def test_data_download_for_preset_cli(bundle, hub_env, monkeypatch, capsys):
+    from raychat.cli import main
+
+    srv = _serve(bundle, monkeypatch)
+    try:
+        assert main(["data", "download", "--for", "smoke"]) == 0
+    finally:
+        srv.stop()
+    out = capsys.readouterr().out
+    assert "preset smoke needs: eval_bundle, words, arc, climbmix" in out
+    # exactly those: the packaged word list covers SpellingBee, nothing else was fetched
+    assert sorted(p.name for p in hub_env.iterdir() if not p.name.startswith(".")) == ["arc", "climbmix",
+                                                                                          "eval_bundle"]
+    assert main(["data", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "arc          downloaded" in listing and "smoltalk     missing" in listing
+    assert main(["data", "download"]) == 2                      # neither names nor --for: one-line error
+
+
+def _speedrun_env(tmp_path, url) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYCHAT_", "HF_", "RAY_ADDRESS"))}
+    env.update(HOME=str(tmp_path / "home"), HF_ENDPOINT=url, RAYCHAT_DATA_REPO=MIRROR_REPO,
+               RAYCHAT_SHARED_DATA=str(tmp_path / "no-shared"), RAYCHAT_DOWNLOAD_BACKOFF="0.01",
+               RAYCHAT_DOWNLOAD_ATTEMPTS="5", HF_HUB_DISABLE_PROGRESS_BARS="1",
+               PYTHONPATH=f"{REPO_ROOT / 'libs'}{os.pathsep}{REPO_ROOT / 'services'}")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "work").mkdir()
+    return env
+
+
+def _speedrun(tmp_path, env, timeout=900):
+    return subprocess.run([sys.executable, "-m", "raychat.cli", "speedrun", "--preset", "smoke", "--no-ray"],
+                          cwd=tmp_path / "work", env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_smoke_speedrun_from_a_faulty_hub_without_shared(bundle, tmp_path):
+    srv = HubServer(bundle, faults=True).start()
+    try:
+        r = _speedrun(tmp_path, _speedrun_env(tmp_path, srv.url))
+    finally:
+        srv.stop()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "home" / ".cache" / "raychat" / "runs" / "smoke"
+    data = tmp_path / "home" / ".cache" / "raychat" / "data"
+    assert (run / "report.md").is_file()
+    assert "[speedrun] ===== data =====" in r.stdout.splitlines()[1] or "===== data =====" in r.stdout
+    assert r.stdout.index("===== data =====") < r.stdout.index("===== tokenizer =====")
+    assert sorted(p.name for p in data.iterdir() if not p.name.startswith(".")) == ["arc", "climbmix", "eval_bundle"]
+    assert any(c >= 5 for (m, _), c in srv.counts.items() if m == "GET")   # the faults were served
+
+
+@pytest.mark.slow
+def test_smoke_speedrun_with_the_hub_gone(bundle, tmp_path):
+    srv = HubServer(bundle).start()
+    url = srv.url
+    srv.stop()
+    r = _speedrun(tmp_path, _speedrun_env(tmp_path, url), timeout=300)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith("raychat: error:") and "dataset 'eval_bundle'" in err
+    assert f"{url}/datasets/{MIRROR_REPO}/resolve/main/eval_bundle/eval_bundle.zip" in err
+    assert "===== tokenizer =====" not in r.stdout
+    data = tmp_path / "home" / ".cache" / "raychat" / "data"
+    files = [p for p in data.rglob("*") if p.is_file() and ".cache" not in p.parts]
+    assert files == [], files   # no partial file where a complete one is expected
+
+
+def test_background_download_and_stage_needs(bundle, hub_env, monkeypatch):
+    srv = _serve(bundle, monkeypatch)
+    try:
+        bg = registry.Background(["climbmix"], num_shards=2, progress=False, log=lambda *a: None)
+        bg.wait()
+    finally:
+        srv.stop()
+    assert [p.name for p in sorted((hub_env / "climbmix").glob("*.parquet"))] == [
+        "shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"]
+    bg = registry.Background(["fineweb-edu"], num_shards=1, progress=False, log=lambda *a: None)
+    with pytest.raises(DownloadError, match="fineweb-edu"):   # the server is gone: the waiting stage gets the error
+        bg.wait()
+    # which datasets each stage reads
+    assert registry.datasets_for(["tokenizer", "pretrain"]) == ["climbmix"]
+    assert registry.datasets_for(["chat_eval"], chat_tasks=["ARC-Easy", "MMLU", "SimpleArithmetic"]) == ["arc", "mmlu"]
+    assert registry.datasets_for(["sft"], sft_mixture=["default"]) == ["smoltalk", "mmlu", "gsm8k", "words"]
+    assert registry.datasets_for(["base_eval", "rl"]) == ["eval_bundle", "gsm8k", "climbmix"]
