@@ -1,6 +1,7 @@
 """Every dataset by download, from a local stand-in for the Hugging Face Hub (tests/hub_server.py), with no
 ../shared beside the checkout: the registry, `raychat data download`, and the smoke speedrun end to end."""
 
+import json
 import os
 import subprocess
 import sys
@@ -239,3 +240,76 @@ def test_background_download_and_stage_needs(bundle, hub_env, monkeypatch):
     assert registry.datasets_for(["chat_eval"], chat_tasks=["ARC-Easy", "MMLU", "SimpleArithmetic"]) == ["arc", "mmlu"]
     assert registry.datasets_for(["sft"], sft_mixture=["default"]) == ["smoltalk", "mmlu", "gsm8k", "words"]
     assert registry.datasets_for(["base_eval", "rl"]) == ["eval_bundle", "gsm8k", "climbmix"]
+
+
+# ---- the training stages resolve their default data through the registry ----------------------------------------
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """A tokenizer and random-init base + sft checkpoints whose context holds a GSM8K prompt."""
+    from conftest import make_tiny_run_dir
+
+    return make_tiny_run_dir(tmp_path_factory.mktemp("long_run"), seq_len=512, stages=("base", "sft"))
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_stages_without_data_stop_in_the_driver_naming_the_download(hub_env, long_run, tmp_path, monkeypatch,
+                                                                     capsys):
+    """No ../shared, nothing downloaded (the hub is gone): SFT's default mixture, GRPO on GSM8K and pretraining
+    fail in preflight, before Ray is asked for a worker, with the command that fetches what is missing."""
+    import raychat.train.ray_job as ray_job
+    from raychat.cli import main
+
+    def no_workers(*a, **k):
+        raise AssertionError("a worker group was started")
+
+    monkeypatch.setattr(ray_job, "run_job", no_workers)
+    run = _copy_run(long_run, tmp_path / "run")
+    assert main(["sft", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raychat: error: ") and "Traceback" not in err
+    assert "run `raychat data download smoltalk mmlu gsm8k arc`" in err, err   # arc: the final chat eval
+    assert main(["sft", "--run-dir", str(run), "--mixture", "GSM8K,SpellingBee", "--chat-eval-tasks", ""]) == 2
+    assert "run `raychat data download gsm8k`" in capsys.readouterr().err
+    # the quick chat eval at the end of SFT is checked too: hours of training must not end on a missing test set
+    assert main(["sft", "--run-dir", str(run), "--mixture", "SimpleArithmetic", "--chat-eval-tasks",
+                 "ARC-Easy,SimpleArithmetic"]) == 2
+    assert "run `raychat data download arc`" in capsys.readouterr().err
+    assert main(["rl", "--run-dir", str(run), "--task", "GSM8K"]) == 2
+    assert "run `raychat data download gsm8k`" in capsys.readouterr().err
+    assert main(["pretrain", "--run-dir", str(run), "--preset", "tiny_cpu"]) == 2
+    assert "run `raychat data download climbmix`" in capsys.readouterr().err
+    assert not hub_env.exists() or not any(p.is_file() for p in hub_env.rglob("*"))   # nothing fetched or written
+
+
+def test_sft_default_mixture_and_grpo_gsm8k_from_the_hub(bundle, hub_env, long_run, tmp_path, monkeypatch):
+    """With ../shared hidden and the datasets downloaded from the local hub, SFT trains on the default mixture
+    (SmolTalk, MMLU auxiliary_train, GSM8K train, spelling) and GRPO on GSM8K, no --data-dir anywhere."""
+    from raychat.cli import main
+    from raychat.train.config import GRPOConfig, SFTConfig
+    from raychat.train.harness import launch
+
+    srv = _serve(bundle, monkeypatch)
+    try:
+        assert main(["data", "download", "smoltalk", "mmlu", "gsm8k"]) == 0
+    finally:
+        srv.stop()                      # the stages read the data folder only
+    run = _copy_run(long_run, tmp_path / "run")
+    launch("sft", SFTConfig(run_dir=str(run), synthetic_size=8, num_val_examples=8, device_batch_size=2,
+                            total_batch_rows=2, num_iterations=2, eval_every=-1, chat_eval_tasks="GSM8K",
+                            chat_eval_max_problems=2, chat_eval_max_tokens=4, num_threads=1, metrics_port=0),
+           no_ray=True)
+    meta = json.loads((run / "checkpoints" / "sft" / "step_000002" / "meta.json").read_text())
+    # 60 SmolTalk + 60 MMLU auxiliary_train + 60 GSM8K train rows (the hub's slices) + 8 + 8 spelling + 2 x 2 identity
+    assert meta["plan"]["num_train_conversations"] + meta["plan"]["num_val_conversations"] == 200
+    assert meta["chat_eval"]["GSM8K"]["num_total"] == 2
+    out = launch("rl", GRPOConfig(run_dir=str(run), task="GSM8K", prompts_per_step=2, group_size=2, max_new_tokens=4,
+                                  rollout_batch_size=4, device_batch_size=4, num_iterations=1, eval_examples=2,
+                                  eval_k=1, num_threads=1, metrics_port=0), no_ray=True)
+    assert out["step"] == 1 and [e["eval_problems"] for e in out["evals"]] == [2, 2]
+    assert meta["source_checkpoint"].endswith("base/step_000001")

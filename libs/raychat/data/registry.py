@@ -4,6 +4,8 @@
                                          that names the command which fetches it
     shard_dir("climbmix")             -> a directory of pretraining shards (the last one is validation)
     ensure(datasets_for(stages), ...) -> download whatever those stages need and is missing
+    require([("gsm8k", "train"), ...])  -> in a stage's driver: every split it reads is here, else one error that
+                                         names the download command
 
 Where files live: `RAYCHAT_DATA_DIR`, else `$RAYCHAT_HOME/data` (RAYCHAT_HOME defaults to ~/.cache/raychat), one
 folder per dataset holding the files under their Hub paths (e.g. `arc/ARC-Easy/test-00000-of-00001.parquet`).
@@ -222,6 +224,24 @@ def split_files(name: str, split: str, dev_default: bool = True) -> list[Path]:
         return [dev]
     raise MissingDataError(f"dataset {name} ({split}) is not downloaded: run `raychat data download {name}` "
                            f"(looked in {data_root() / name})")
+
+
+def require(needs, dev_default: bool = True) -> None:
+    """Every (dataset, split) of `needs` is here (split None: the dataset's one file, bundle or shard set), else
+    one MissingDataError naming the single command that fetches everything missing. The training stages call it
+    in the driver, before any worker starts: a run must not stop hours in on a test set that was never fetched."""
+    absent: list[str] = []
+    for name, split in needs:
+        try:
+            if split is None:
+                resolve(name, dev_default=dev_default)
+            else:
+                split_files(name, split, dev_default=dev_default)
+        except MissingDataError:
+            absent += [name] if name not in absent else []
+    if absent:
+        raise MissingDataError(f"dataset(s) {', '.join(absent)} not downloaded: run `raychat data download "
+                               f"{' '.join(absent)}` (data folder {data_root()}; or pass --data-dir)")
 
 
 def shard_dir(name: str = "climbmix", dev_default: bool = True) -> Path:

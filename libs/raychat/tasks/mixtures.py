@@ -7,6 +7,7 @@
   Every part comes through the data registry (`raychat data download smoltalk mmlu gsm8k`); without downloads the
   development stand-ins are the shared chat files for SmolTalk and MMLU dev+validation for auxiliary_train.
 - `rl_task(name)`: a task with a checker for GRPO (GSM8K train by default; SimpleArithmetic for CPU smoke runs).
+- `data_needs(...)`: which registry datasets and splits those read, for the stages' preflight checks.
 
 Licence note: the shared stand-ins alpaca_5000 and code_alpaca_2k are CC BY-NC 4.0 (see shared/data/SOURCES.md);
 `include_noncommercial=False` leaves them out.
@@ -31,6 +32,37 @@ EVAL_TASK_NAMES = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "S
 def _sub(data_dir, name: str) -> Path | None:
     """`data_dir/name` for a folder in the shared layout (tasks/gsm8k, ...); None = the data registry."""
     return Path(data_dir) / name if data_dir else None
+
+
+# (dataset, split) each chat-eval task reads from the data registry (split None: the dataset's one file)
+EVAL_TASK_DATA = {"ARC-Easy": ("arc", "ARC-Easy/test"), "ARC-Challenge": ("arc", "ARC-Challenge/test"),
+                  "MMLU": ("mmlu", "test"), "GSM8K": ("gsm8k", "test"), "HumanEval": ("humaneval", "test"),
+                  "SpellingBee": ("words", None)}
+
+
+def _mmlu_sft_splits() -> list[str]:
+    """MMLU in the SFT mixture: auxiliary_train once downloaded, else the development stand-ins dev + validation
+    (asking for those when neither is here names `raychat data download mmlu`, which brings auxiliary_train)."""
+    return ["auxiliary_train"] if local_path("mmlu", "auxiliary_train") is not None else ["dev", "validation"]
+
+
+def data_needs(sft_parts=(), eval_tasks=(), rl_tasks=()) -> list[tuple[str, str | None]]:
+    """The (dataset, split) pairs read from the data registry by these SFT mixture parts (`default`, task
+    names), chat-eval tasks and RL tasks: what a stage's preflight hands to `registry.require`."""
+    need: list[tuple[str, str | None]] = []
+    for part in sft_parts:
+        if part == "default":
+            need += [("smoltalk", "train"), *(("mmlu", s) for s in _mmlu_sft_splits()), ("gsm8k", "train"),
+                     ("words", None)]
+        elif part == "GSM8K":
+            need.append(("gsm8k", "train"))
+        elif part in ("SpellingBee", "SimpleSpelling"):
+            need.append(("words", None))
+    need += [EVAL_TASK_DATA[t] for t in eval_tasks if t in EVAL_TASK_DATA]
+    for task in rl_tasks:
+        need += [("gsm8k", "train"), ("gsm8k", "test")] if task == "GSM8K" else \
+            [("words", None)] if task == "SpellingBee" else []
+    return need
 
 
 def eval_task(name: str, data_dir=None) -> Task:
@@ -63,8 +95,7 @@ def sft_mixture(data_dir=None, extra_jsonl=(), extra_weight: float = 1.0, seed: 
         gsm = GSM8K("train", data_dir=root / "tasks" / "gsm8k")
     else:
         tasks = [SmolTalk("train", include_noncommercial=include_noncommercial)]
-        mmlu = ([MMLU("auxiliary_train")] if local_path("mmlu", "auxiliary_train") is not None
-                else [MMLU("dev"), MMLU("validation")])
+        mmlu = [MMLU(split) for split in _mmlu_sft_splits()]
         gsm = GSM8K("train")
     weights = [1.0] * len(tasks)
     tasks += [gsm, *mmlu, SpellingBee(size=synthetic_size), SimpleSpelling(size=synthetic_size),

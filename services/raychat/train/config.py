@@ -40,7 +40,7 @@ RL_TASKS = ("GSM8K", "SimpleArithmetic", "SpellingBee")
 class StageConfig:
     # where
     run_dir: str = ""                     # "" = ~/.cache/raychat/runs/<run or 'default'>
-    data_dir: str = ""                    # "" = ../shared/data (pretraining: its pretrain/ shards)
+    data_dir: str = ""                    # "" = the data registry (raychat data download; pretraining: climbmix)
     run: str = ""                         # wandb run name; "" = no wandb
     # schedule
     num_iterations: int = -1              # optimizer steps; -1 = derive (pretrain: the horizon; else num_epochs)

@@ -33,17 +33,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raychat.common import RaychatError, shared_data_dir
+from raychat.common import RaychatError
 from raychat.train.config import GRPOConfig
 from raychat.train.harness import Eval, Harness, all_reduce_sum, load_tokenizer, main, rows_to_batch, source_checkpoint
 
 
-def gsm8k_dir(cfg: GRPOConfig) -> Path:
-    root = Path(cfg.data_dir).expanduser() if cfg.data_dir else shared_data_dir()
-    if root is None or not (root / "tasks" / "gsm8k").is_dir():
-        raise RaychatError(f"no GSM8K data: {root or '../shared/data'}/tasks/gsm8k not found (pass --data-dir DIR "
-                           "holding tasks/gsm8k, or set RAYCHAT_SHARED_DATA)")
-    return root / "tasks" / "gsm8k"
+def gsm8k_dir(cfg: GRPOConfig) -> Path | None:
+    """--data-dir's tasks/gsm8k (the shared layout: train.jsonl, test.jsonl); unset = None, the data registry
+    (the downloaded openai/gsm8k; ../shared/data only as its development default)."""
+    if not cfg.data_dir:
+        return None
+    d = Path(cfg.data_dir).expanduser() / "tasks" / "gsm8k"
+    if not d.is_dir():
+        raise RaychatError(f"no GSM8K data: {d} not found (--data-dir must hold tasks/gsm8k; leave it unset to read "
+                           "the downloaded dataset: raychat data download gsm8k)")
+    return d
 
 
 def preflight(cfg: GRPOConfig, resume: bool, world_size: int) -> GRPOConfig:
@@ -51,8 +55,11 @@ def preflight(cfg: GRPOConfig, resume: bool, world_size: int) -> GRPOConfig:
     load_tokenizer(Path(cfg.run_dir))
     if not resume:
         source_checkpoint(Path(cfg.run_dir), cfg, "rl")
-    if cfg.task == "GSM8K":
-        gsm8k_dir(cfg)
+    if gsm8k_dir(cfg) is None:
+        from raychat.data.registry import require
+        from raychat.tasks.mixtures import data_needs
+
+        require(data_needs(rl_tasks=[cfg.task]))
     if cfg.prompts_per_step % world_size:
         raise RaychatError(f"prompts_per_step {cfg.prompts_per_step} must be a multiple of the number of workers "
                            f"({world_size}): each worker takes an equal slice")

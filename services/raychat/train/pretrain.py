@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from raychat.common import RaychatError, print0, shared_data_dir
+from raychat.common import RaychatError, print0
 from raychat.train.config import PretrainConfig, derive, model_config_for
 from raychat.train.harness import Eval, Harness, load_tokenizer, main
 from raychat.train.schedule import muon_momentum, weight_decay_at
@@ -26,13 +26,11 @@ SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", 
 
 
 def data_dir_of(cfg: PretrainConfig) -> Path:
-    if cfg.data_dir:
-        data_dir = Path(cfg.data_dir).expanduser()
-    elif shared_data_dir() is not None:
-        data_dir = shared_data_dir() / "pretrain"
-    else:
-        raise RaychatError("no --data-dir given and ../shared/data/pretrain does not exist; download shards with "
-                           "`raychat data download --out DIR` and pass --data-dir DIR")
+    """--data-dir, else the data registry's ClimbMix shards (downloaded; ../shared/data/pretrain only as the
+    development default), else an error naming `raychat data download climbmix`."""
+    from raychat.data.registry import shard_dir
+
+    data_dir = Path(cfg.data_dir).expanduser() if cfg.data_dir else shard_dir("climbmix")
     if not data_dir.is_dir():
         raise RaychatError(f"data dir {data_dir} does not exist")
     return data_dir

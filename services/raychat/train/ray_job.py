@@ -108,8 +108,10 @@ def run_job(module: str, config, *, num_workers: int, use_gpu: bool, name: str, 
     # patch: Ray Train would send every print to a logger as well as to stdout, and the console got each line twice.
     env_vars = {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker))), "RAY_TRAIN_V2_ENABLED": "1",
                 "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **(env or {})}
+    # the driver's settings the workers must share: wandb, the metrics endpoint, where the data registry looks
     for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "RAYCHAT_METRICS_PORT", "RAYCHAT_METRICS_HOST",
-                "RAYCHAT_FAULT_AT_STEP", "RAYCHAT_FAULT_MARKER", "RAYCHAT_SHARED_DATA", "RAYCHAT_HOME"):
+                "RAYCHAT_FAULT_AT_STEP", "RAYCHAT_FAULT_MARKER", "RAYCHAT_SHARED_DATA", "RAYCHAT_HOME",
+                "RAYCHAT_DATA_DIR"):
         if key in os.environ:
             env_vars.setdefault(key, os.environ[key])
     trainer = TorchTrainer(

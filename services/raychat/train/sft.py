@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from raychat.common import RaychatError, print0, shared_data_dir
+from raychat.common import RaychatError, print0
 from raychat.train.config import SFTConfig, parse_mixture
 from raychat.train.harness import (
     Eval,
@@ -44,20 +44,24 @@ from raychat.train.harness import (
 )
 
 
-def data_root(cfg_data_dir: str, needed: bool = True) -> Path | None:
-    root = Path(cfg_data_dir).expanduser() if cfg_data_dir else shared_data_dir()
-    if root is None or not root.is_dir():
-        if needed:
-            raise RaychatError(f"no task data: {cfg_data_dir or '../shared/data'} not found (pass --data-dir DIR "
-                               "holding chat/ and tasks/, or set RAYCHAT_SHARED_DATA)")
+def task_root(cfg_data_dir: str) -> Path | None:
+    """--data-dir: a folder in the shared layout (chat/, tasks/) read instead of the data registry; unset = None,
+    the registry (downloaded datasets; ../shared/data only as its development default)."""
+    if not cfg_data_dir:
         return None
+    root = Path(cfg_data_dir).expanduser()
+    if not root.is_dir():
+        raise RaychatError(f"--data-dir {root} does not exist (a folder holding chat/ and tasks/; leave it unset to "
+                           "read the downloaded datasets: raychat data download smoltalk mmlu gsm8k)")
     return root
 
 
 def preflight(cfg: SFTConfig, resume: bool, world_size: int) -> SFTConfig:
     """In the driver, before any worker starts: the user's files (a bad line fails in a second with file:line),
-    the tokenizer, the source checkpoint, the task data and the batch."""
+    the tokenizer, the source checkpoint, the task data (the mixture's and the final chat eval's) and the batch."""
+    from raychat.data.registry import require
     from raychat.tasks import ChatJsonl
+    from raychat.tasks.mixtures import data_needs
 
     cfg = cfg.replace(extra_jsonl=[str(Path(x).expanduser().resolve()) for x in cfg.extra_jsonl])
     for path in cfg.extra_jsonl:
@@ -65,8 +69,9 @@ def preflight(cfg: SFTConfig, resume: bool, world_size: int) -> SFTConfig:
     load_tokenizer(Path(cfg.run_dir))
     if not resume:
         source_checkpoint(Path(cfg.run_dir), cfg, "sft")
-    if any(name in ("default", "GSM8K") for name, _ in parse_mixture(cfg.mixture)):
-        data_root(cfg.data_dir)
+    if task_root(cfg.data_dir) is None:
+        require(data_needs(sft_parts=[name for name, _ in parse_mixture(cfg.mixture)],
+                           eval_tasks=[t.strip() for t in cfg.chat_eval_tasks.split(",") if t.strip()]))
     if cfg.total_batch_rows % (cfg.device_batch_size * world_size):
         raise RaychatError(f"total_batch_rows {cfg.total_batch_rows} is not a multiple of device_batch_size x "
                            f"workers = {cfg.device_batch_size} x {world_size}")
@@ -78,13 +83,13 @@ def build_mixture(cfg: SFTConfig):
     """The SFT conversations: the named parts of `cfg.mixture` plus the user's JSONL files, one shuffled Task."""
     from raychat import tasks as T
 
-    tasks, weights = [], []
+    tasks, weights, root = [], [], task_root(cfg.data_dir)
     for name, weight in parse_mixture(cfg.mixture):
         if name == "default":
-            tasks.append(T.sft_mixture(data_root(cfg.data_dir), seed=cfg.seed, synthetic_size=cfg.synthetic_size,
-                                     include_noncommercial=cfg.include_noncommercial))
+            tasks.append(T.sft_mixture(root, seed=cfg.seed, synthetic_size=cfg.synthetic_size,
+                                       include_noncommercial=cfg.include_noncommercial))
         elif name == "GSM8K":
-            tasks.append(T.GSM8K("train", data_dir=data_root(cfg.data_dir) / "tasks" / "gsm8k"))
+            tasks.append(T.GSM8K("train", data_dir=root / "tasks" / "gsm8k" if root else None))
         else:
             tasks.append(getattr(T, name)(size=cfg.synthetic_size))   # one of SYNTHETIC_TASKS
         weights.append(weight)
@@ -209,14 +214,15 @@ def evaluate_val_loss(model, task, tokenizer, indices: range, batch_size: int, s
 def quick_chat_eval(model, tokenizer, task_names: str, max_problems: int, max_tokens: int, data_dir: str,
                     device, rank: int) -> dict:
     """A few chat-eval tasks with capped problems (greedy); every rank takes part (problems are rank-strided).
-    Tasks whose data is missing are skipped with a note rather than failing the finished training run."""
+    The preflight checked their data; a task that still fails is skipped with a note rather than failing the
+    finished training run (the checkpoint is already saved)."""
     from raychat.engine import Engine
     from raychat.evals.chat import run_chat_eval
 
     names = [n.strip() for n in task_names.split(",") if n.strip()]
     if not names:
         return {}
-    root = data_root(data_dir, needed=False)
+    root = task_root(data_dir)
     engine = Engine(model, tokenizer, max_batch_size=16, cuda_graphs=False)  # a model in training
     out = {}
     for name in names:
