@@ -284,3 +284,32 @@ def test_eval_cli_refuses_before_loading_anything(no_isolation, tmp_path, capsys
     err = capsys.readouterr().err
     assert "refusing" not in err and err.startswith("raychat: error: ")
     assert os.environ[execution.ALLOW_ENV] == "1"
+
+
+def test_speedrun_with_humaneval_refuses_before_any_stage(no_isolation, tmp_path, capsys, monkeypatch):
+    """The GPU speedrun's chat eval includes HumanEval: without a sandbox it stops at once (not hours in, after
+    pretraining), and --allow-unsandboxed-code reaches the chat eval."""
+    from raychat.cli import main
+    from raychat.commands import speedrun
+
+    ran: list = []
+    monkeypatch.setattr(speedrun, "stage_data", lambda args, preset: ran.append("data") or
+                        {"data_dir": str(tmp_path), "wait": lambda: None})
+    monkeypatch.setattr(speedrun, "command", lambda name, *pos, **values: ran.append((name, pos, values)))
+    monkeypatch.setattr(speedrun, "training", lambda stage, *a, **k: speedrun.Stage(
+        stage, lambda: False, lambda: ran.append(stage)))
+    assert main(["speedrun", "--preset", "gpt2_8xh100", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("raychat: error: refusing to run model-written code: unshare refused (simulated)")
+    assert "--allow-unsandboxed-code" in err and ran == []
+    # a preset without HumanEval needs no sandbox
+    assert main(["speedrun", "--preset", "smoke", "--run-dir", str(tmp_path / "smoke")]) == 0
+    assert ran[0] == "data"
+    ran.clear()
+    monkeypatch.setenv(execution.ALLOW_ENV, "0")     # the flag sets it to 1; monkeypatch restores it afterwards
+    assert main(["speedrun", "--preset", "gpt2_8xh100", "--run-dir", str(tmp_path / "run"),
+                 "--allow-unsandboxed-code"]) == 0
+    chat = [values for step in ran if isinstance(step, tuple) and step[:2] == ("eval", ("chat",))
+            for values in [step[2]]]
+    assert "HumanEval" in chat[0]["tasks"].split(",") and chat[0]["allow_unsandboxed_code"] is True
+    assert os.environ[execution.ALLOW_ENV] == "1"

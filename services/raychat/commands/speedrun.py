@@ -6,7 +6,8 @@
     raychat speedrun --preset tiny_cpu --run-dir runs/tiny        # this CPU box, under 30 minutes
     raychat speedrun --preset gpt2_8xh100                         # one 8xH100 node (downloads data + evals)
     ray job submit -- raychat speedrun --preset gpt2_8xh100       # on a Ray cluster
-Stage timings go to <run>/speedrun.json and into the report.
+Stage timings go to <run>/speedrun.json and into the report. A preset whose chat eval includes HumanEval checks
+at the start that the code sandbox works (or that --allow-unsandboxed-code was given), before any stage runs.
 
 The pipeline is a list of `Stage(name, done, run)` built by `stages()`: a new stage is one more entry. Training
 stages get typed configs (the preset ladder + this preset's overrides) and go straight to the train package's
@@ -69,6 +70,10 @@ def add_arguments(p):
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--run", default="", help="wandb run name prefix (default: no wandb)")
     p.add_argument("--no-ray", action="store_true", help="run the training stages in this process, without Ray")
+    p.add_argument("--allow-unsandboxed-code", action="store_true",
+                   help="let the chat eval run HumanEval's model-written code where the bubblewrap sandbox is "
+                   "unavailable (in-process guards only; see README, Security). Without it such a run stops at "
+                   "the start, not after training")
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Stage:
     name: str
     done: Callable[[], bool]            # its output exists: skipped
     run: Callable[[], object]
+    runs_code: bool = False             # runs model-written code (HumanEval): needs the sandbox or the opt-in
 
 
 def command(name: str, *positional: str, **values) -> None:
@@ -158,6 +164,13 @@ def stages(preset: SpeedrunPreset, args, run_dir: Path) -> list[Stage]:
         data["wait"]()                   # the pretraining shards still downloading in the background
         return {"data_dir": data_dir()}
 
+    def chat_eval(name: str, stage: str, tasks: str) -> Stage:
+        return Stage(name, exists(f"evals/chat_{stage}.json"),
+                     lambda: command("eval", "chat", **rd, stage=stage, tasks=tasks,
+                                     max_per_task=preset.chat_max_per_task,
+                                     allow_unsandboxed_code=args.allow_unsandboxed_code),
+                     runs_code="HumanEval" in tasks.split(","))
+
     out = [
         Stage("data", lambda: False, lambda: data.update(stage_data(args, preset))),
         Stage("tokenizer", exists("tokenizer/tokenizer.json"),
@@ -170,15 +183,10 @@ def stages(preset: SpeedrunPreset, args, run_dir: Path) -> list[Stage]:
               lambda: command("eval", "base", **rd, data_dir=data_dir(), max_per_task=preset.core_max_per_task,
                               download_bundle=bool(preset.download_shards))),
         training("sft", "sft", preset, args, run_dir),
-        Stage("chat_eval", exists("evals/chat_sft.json"),
-              lambda: command("eval", "chat", **rd, stage="sft", tasks=preset.chat_tasks,
-                              max_per_task=preset.chat_max_per_task)),
+        chat_eval("chat_eval", "sft", preset.chat_tasks),
     ]
     if preset.rl if args.rl is None else args.rl:
-        out += [training("rl", "rl", preset, args, run_dir),
-                Stage("rl_eval", exists("evals/chat_rl.json"),
-                      lambda: command("eval", "chat", **rd, stage="rl", tasks="GSM8K",
-                                      max_per_task=preset.chat_max_per_task))]
+        out += [training("rl", "rl", preset, args, run_dir), chat_eval("rl_eval", "rl", "GSM8K")]
     return out + [Stage("report", lambda: False, lambda: command("report", **rd))]
 
 
@@ -195,6 +203,12 @@ def run(args):
     state.setdefault("stages", {})
     t_start = time.time()
     plan = stages(preset, args, run_dir)
+    if any(stage.runs_code and not stage.done() for stage in plan):
+        from raychat.tools.execution import ALLOW_ENV, use_sandbox
+
+        if args.allow_unsandboxed_code:
+            os.environ[ALLOW_ENV] = "1"
+        use_sandbox()      # no sandbox and no opt-in: stop now, in seconds, not after hours of training
     for stage in plan:
         if stage.done():
             print(f"[speedrun] {stage.name}: output exists, skipped", flush=True)
