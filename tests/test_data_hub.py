@@ -313,3 +313,60 @@ def test_sft_default_mixture_and_grpo_gsm8k_from_the_hub(bundle, hub_env, long_r
                                   eval_k=1, num_threads=1, metrics_port=0), no_ray=True)
     assert out["step"] == 1 and [e["eval_problems"] for e in out["evals"]] == [2, 2]
     assert meta["source_checkpoint"].endswith("base/step_000001")
+
+
+def test_data_for_the_gpu_preset_is_what_its_stages_read(bundle, hub_env, monkeypatch, capsys):
+    """`raychat data download --for gpt2_8xh100` (the README's data step) fetches what the GPU speedrun's stages
+    read: afterwards, with the hub gone and no ../shared, each stage's own loaders find their data."""
+    from raychat.cli import main
+    from raychat.commands.speedrun import PRESETS
+    from raychat.evals.bundle import find_eval_bundle
+    from raychat.train.config import get_preset
+    from raychat.train.grpo import build_tasks
+    from raychat.train.sft import build_mixture
+
+    srv = _serve(bundle, monkeypatch)
+    try:
+        assert main(["data", "download", "--for", "gpt2_8xh100", "--num-shards", "1"]) == 0
+    finally:
+        srv.stop()
+    out = capsys.readouterr().out
+    assert "preset gpt2_8xh100 needs: eval_bundle, smoltalk, mmlu, gsm8k, words, arc, humaneval, climbmix " \
+           "(1 pretraining shard(s) + validation)" in out
+    sft = get_preset("gpt2_8xh100", "sft").replace(synthetic_size=8)
+    assert sft.mixture == "default"
+    # SmolTalk (4 train files), MMLU auxiliary_train, GSM8K train, the downloaded word list: 60 + 60 + 60 rows
+    parts = build_mixture(sft).tasks
+    assert {type(t).__name__ for t in parts} >= {"SmolTalk", "MMLU", "GSM8K", "SpellingBee"}
+    assert [type(t).__name__ for t in parts].count("MMLU") == 1   # auxiliary_train, not the dev+validation stand-in
+    assert sum(len(t) for t in parts if type(t).__name__ in ("SmolTalk", "MMLU", "GSM8K")) == 180
+    assert "zyzzyva" in SpellingBee().words               # the downloaded list, not the packaged fallback
+    chat_tasks = {*PRESETS["gpt2_8xh100"].chat_tasks.split(","), *sft.chat_eval_tasks.split(",")}
+    assert {"HumanEval", "MMLU", "ARC-Challenge", "GSM8K"} <= chat_tasks
+    assert all(len(eval_task(t)) > 0 for t in chat_tasks)
+    train, test = build_tasks(get_preset("gpt2_8xh100", "rl"))
+    assert len(train) == len(test) == 60
+    assert (find_eval_bundle() / "core.yaml").is_file() and find_eval_bundle().parent == hub_env
+    assert (registry.shard_dir("climbmix", dev_default=False) / "shard_00000.parquet").is_file()
+
+
+def test_base_eval_reads_the_downloaded_shards_for_bpb(bundle, hub_env, long_run, tmp_path, monkeypatch, capsys):
+    """`raychat eval base` without --data-dir measures val bpb on the registry's shards (not ./pretrain of the
+    working directory); with none downloaded it says how to get them instead of skipping silently."""
+    from raychat.cli import main
+
+    run = _copy_run(long_run, tmp_path / "run")
+    srv = _serve(bundle, monkeypatch)
+    try:
+        assert main(["data", "download", "eval_bundle"]) == 0
+        argv = ["eval", "base", "--run-dir", str(run), "--tasks", "jeopardy", "--max-per-task", "2",
+                "--bpb-tokens", "1024"]
+        assert main(argv) == 0
+        assert "val_bpb" not in json.loads((run / "evals" / "base.json").read_text())
+        assert "val bpb skipped: dataset climbmix is not downloaded: run `raychat data download climbmix`" \
+            in capsys.readouterr().out
+        assert main(["data", "download", "climbmix", "--num-shards", "1"]) == 0
+    finally:
+        srv.stop()
+    assert main(argv) == 0
+    assert json.loads((run / "evals" / "base.json").read_text())["val_bpb"] > 0

@@ -68,10 +68,11 @@ def preset_needs(preset_name: str) -> tuple[list[str], int, bool]:
     p = PRESETS[preset_name]
 
     sft = get_preset(p.model, "sft").replace(**p.overrides.get("sft", {}))
+    rl = get_preset(p.model, "rl").replace(**p.overrides.get("rl", {}))
     stages = ["tokenizer", "tokenizer_eval", "pretrain", "base_eval", "sft", "chat_eval"] + (["rl"] if p.rl else [])
     mixture = [m.split(":")[0] for m in sft.mixture.split(",") if m]
     chat = [t for t in f"{p.chat_tasks},{sft.chat_eval_tasks}".split(",") if t]
-    needs = datasets_for(stages, chat_tasks=chat, sft_mixture=mixture, rl_tasks=["GSM8K"] if p.rl else [])
+    needs = datasets_for(stages, chat_tasks=chat, sft_mixture=mixture, rl_tasks=[rl.task] if p.rl else [])
     return needs, max(1, p.download_shards), p.download_shards == 0
 
 

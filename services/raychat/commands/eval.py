@@ -29,7 +29,8 @@ def add_arguments(p):
                    "base default: every CORE task in the bundle)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
     p.add_argument("--bpb-tokens", type=int, default=64 * 1024, help="validation tokens for bits-per-byte (base)")
-    p.add_argument("--data-dir", default=None, help="pretraining shards for bpb (default ../shared/data/pretrain)")
+    p.add_argument("--data-dir", default=None, help="pretraining shards for bpb (default: the downloaded climbmix "
+                   "shards, in development ../shared/data/pretrain)")
     p.add_argument("--max-tokens", type=int, default=256, help="generation budget per answer (chat, generative)")
     p.add_argument("--device", default=None, help="cpu | cuda (default: auto)")
     p.add_argument("--allow-unsandboxed-code", action="store_true",
@@ -47,8 +48,8 @@ def _write_json(path: Path, obj: dict) -> None:
 def run_base(args, model, tokenizer, meta, run_dir: Path) -> dict:
     import torch
 
-    from raychat.common import shared_data_dir
     from raychat.data import PackedLoader
+    from raychat.data.registry import MissingDataError, shard_dir
     from raychat.evals import evaluate_bpb, evaluate_core, find_eval_bundle, format_core_table, write_core_csv
     from raychat.train.pretrain import sample
 
@@ -60,9 +61,14 @@ def run_base(args, model, tokenizer, meta, run_dir: Path) -> dict:
                          batch_size=args.batch_size, max_seq_len=seq_len, tasks=tasks)
     print(format_core_table(core))
     write_core_csv(core, run_dir / "evals" / "core.csv")
-    data_dir = Path(args.data_dir) if args.data_dir else (shared_data_dir() or Path(".")) / "pretrain"
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is None:
+        try:
+            data_dir = shard_dir("climbmix")     # downloaded, else the development default
+        except MissingDataError as e:
+            print(f"val bpb skipped: {e}")
     out = {"stage": args.stage or "base", "step": meta["step"], "checkpoint": meta["checkpoint_dir"], "core": core}
-    if data_dir.is_dir():
+    if data_dir is not None:
         B = 8
         loader = PackedLoader(tokenizer, data_dir, split="val", batch_size=B, seq_len=seq_len, device=device,
                               prefetch=0)
