@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer directory; unset = <run-dir>/tokenizer")
     p.add_argument("--run-dir", default=None, help="run directory; also writes <run-dir>/evals/tokenizer.json")
     p.add_argument("--data-dir", default=None,
-                   help="dataset directory of parquet shards; unset = ../shared/data/pretrain when it exists")
+                   help="dataset directory of parquet shards; unset = the downloaded climbmix shards (data registry), "
+                   "else ../shared/data/pretrain")
     p.add_argument("--max-chars", type=int, default=2_000_000, help="characters of text per sample (chars)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
