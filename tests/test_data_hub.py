@@ -370,3 +370,20 @@ def test_base_eval_reads_the_downloaded_shards_for_bpb(bundle, hub_env, long_run
         srv.stop()
     assert main(argv) == 0
     assert json.loads((run / "evals" / "base.json").read_text())["val_bpb"] > 0
+
+
+def test_each_preset_downloads_what_its_stage_preflights_require():
+    """`data download --for P` (registry.datasets_for) and the stages' preflight checks (tasks.data_needs) name
+    datasets from two tables; for every speedrun preset the second must be covered by the first."""
+    from raychat.commands.data import preset_needs
+    from raychat.commands.speedrun import PRESETS
+    from raychat.tasks.mixtures import data_needs
+    from raychat.train.config import get_preset, parse_mixture
+
+    for name, p in PRESETS.items():
+        sft = get_preset(p.model, "sft").replace(**p.overrides.get("sft", {}))
+        rl = get_preset(p.model, "rl").replace(**p.overrides.get("rl", {}))
+        evals = [*p.chat_tasks.split(","), *sft.chat_eval_tasks.split(","), *(["GSM8K"] if p.rl else [])]
+        read = data_needs(sft_parts=[m for m, _ in parse_mixture(sft.mixture)], eval_tasks=evals,
+                          rl_tasks=[rl.task] if p.rl else [])
+        assert {d for d, _ in read} <= set(preset_needs(name)[0]), name
