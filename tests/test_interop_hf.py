@@ -6,17 +6,18 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import SHARED
 
 from raychat.checkpoint import load_model, save_checkpoint
 from raychat.cli import main
-from raychat.common import RaychatError, require_shared_data
+from raychat.common import RaychatError
 from raychat.engine import Engine
 from raychat.engine.sampling import SamplingParams
 from raychat.interop.nanochat import import_checkpoint
 from raychat.model import GPT, GPTConfig
 from raychat.tokenizer import Tokenizer
 
-FIXTURE = require_shared_data("nanochat_d2")
+FIXTURE = SHARED / "nanochat_d2"
 
 
 def _tiny_run(tmp_path, **overrides):

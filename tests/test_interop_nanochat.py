@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED
 
 from raychat.checkpoint import build_model, load_model
 from raychat.cli import main
-from raychat.common import RaychatError, require_shared_data
+from raychat.common import RaychatError
 from raychat.engine import Engine
 from raychat.engine.sampling import SamplingParams
 from raychat.interop import nanochat as nc
 
-FIXTURE = require_shared_data("nanochat_d2")  # written by nanochat itself (../shared/data/SOURCES.md)
+FIXTURE = SHARED / "nanochat_d2"  # written by nanochat itself (../shared/data/SOURCES.md)
 TOK = FIXTURE / "tokenizer"
 
 
