@@ -5,6 +5,7 @@ machine, load average, date and commit) and the raw output in benchmarks/results
     raychat bench train                  # training tokens/s + MFU vs this CPU's GEMM peak, GPU projection
     raychat bench engine                 # prefill/decode tokens/s, TTFT, continuous batching vs sequential
     raychat bench serve                  # 32 concurrent WebSocket clients against a local Ray Serve app
+    raychat bench quality                # the d4 quality race: val bpb at equal tokens, training tokens/s
     raychat bench all                    # everything above (and loader, core, muon)
     raychat bench train -- --steps 20    # extra arguments after -- go to the benchmark script
 """
@@ -29,6 +30,7 @@ BENCHES = {
     "muon": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/bench_muon.py", "--benchmark-only",
              "--benchmark-columns=min,median,mean,rounds", "-o", "addopts="],
     "serve": ["benchmarks/bench_serve.py"],
+    "quality": ["benchmarks/bench_quality.py"],
 }
 
 
