@@ -115,12 +115,18 @@ def test_muon_momentum_schedule_and_shape_multiplier():
     assert muon_momentum(200) == pytest.approx(0.91)                 # 0.85 + 0.12 * 200/400
     assert muon_momentum(400) == pytest.approx(0.97)
     assert muon_momentum(10_000) == pytest.approx(0.97)              # no run length: no warm-down
-    # 1000 steps, warm-down 0.65: warm-down steps 650, starting at 350; the warm-up wins until step 400
-    assert muon_momentum(350, 1000, 0.65) == pytest.approx(0.955)    # 0.85 + 0.12 * 350/400, not 0.97
-    assert muon_momentum(675, 1000, 0.65) == pytest.approx(0.935)    # halfway: (0.97 + 0.90) / 2
-    assert muon_momentum(1000, 1000, 0.65) == pytest.approx(0.90)
-    # the 300-step race: warm-up all the way (0.85 + 0.12 * 299/400 at the last step)
-    assert muon_momentum(299, 300, 0.65) == pytest.approx(0.9397)
+    # 2000 steps, warm-down 0.65: 1300 warm-down steps from step 700 (after the 400-step warm-up)
+    assert muon_momentum(700, 2000, 0.65) == pytest.approx(0.97)
+    assert muon_momentum(1350, 2000, 0.65) == pytest.approx(0.935)   # halfway: (0.97 + 0.90) / 2
+    assert muon_momentum(2000, 2000, 0.65) == pytest.approx(0.90)
+    # nanochat's exact rule: the warm-up wins until step 400 even inside the warm-down (1000 steps: from 350)
+    assert muon_momentum(350, 1000, 0.65, peak_by_warmdown=False) == pytest.approx(0.955)  # 0.85 + 0.12 * 350/400
+    assert muon_momentum(299, 300, 0.65, peak_by_warmdown=False) == pytest.approx(0.9397)  # the race never peaks
+    # default: the warm-up ends at the warm-down start. The race: warm-down 195 steps from 105
+    assert muon_momentum(50, 300, 0.65) == pytest.approx(0.85 + 0.12 * 50 / 105)
+    assert muon_momentum(105, 300, 0.65) == pytest.approx(0.97)
+    assert muon_momentum(300, 300, 0.65) == pytest.approx(0.90)
+    assert muon_momentum(350, 1000, 0.65) == pytest.approx(0.97)
     assert muon_lr_multiplier((256, 64)) == 2.0      # tall: sqrt(rows / cols)
     assert muon_lr_multiplier((64, 256)) == 1.0      # wide
     assert muon_lr_multiplier((3, 64, 64)) == 1.0

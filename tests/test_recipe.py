@@ -129,7 +129,8 @@ def test_apply_schedule_sets_each_group():
     assert apply_schedule(opt, 200, 300, cfg) == pytest.approx(100 / 195 + 95 / 195 * 0.05)
     muon, adam = opt.param_groups
     assert muon["lr"] == pytest.approx(0.02 * (100 / 195 + 95 / 195 * 0.05))
-    assert muon["momentum"] == pytest.approx(0.85 + 0.12 * 200 / 400)
+    assert muon["momentum"] == pytest.approx(0.97 - 0.07 * (200 - 105) / 195)  # in the warm-down from 105
     assert muon["weight_decay"] == pytest.approx(0.3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))   # 0.075
     assert adam["lr"] == pytest.approx(0.1 * (100 / 195 + 95 / 195 * 0.05)) and adam["weight_decay"] == 0.01
-    assert muon_momentum(200) == muon["momentum"]
+    apply_schedule(opt, 200, 300, cfg, peak_by_warmdown=False)
+    assert opt.param_groups[0]["momentum"] == pytest.approx(0.85 + 0.12 * 200 / 400) == muon_momentum(200)

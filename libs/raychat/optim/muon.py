@@ -36,24 +36,34 @@ NEWTON_SCHULZ_QUINTIC = (1.875, -1.25, 0.375)
 
 
 def muon_momentum(step: int, num_iterations: int | None = None, warmdown_ratio: float = 0.0,
-                  warmup_steps: int = 400, start: float = 0.85, peak: float = 0.97, end: float = 0.90) -> float:
-    """Muon momentum schedule (nanochat's current record): linear `start` -> `peak` over `warmup_steps`, flat,
-    then linear `peak` -> `end` over the learning-rate warm-down (the last round(warmdown_ratio x
-    num_iterations) steps). The warm-up takes precedence: a run shorter than it never reaches the warm-down
-    branch. Without num_iterations there is no warm-down (momentum stays at `peak`).
+                  warmup_steps: int = 400, start: float = 0.85, peak: float = 0.97, end: float = 0.90,
+                  peak_by_warmdown: bool = True) -> float:
+    """Muon momentum schedule: linear `start` -> `peak` over the warm-up, flat, then linear `peak` -> `end` over
+    the learning-rate warm-down (the last round(warmdown_ratio x num_iterations) steps). Without num_iterations
+    there is no warm-down (momentum stays at `peak`).
+
+    The warm-up is `warmup_steps` (400, nanochat's), ended early at the warm-down start when
+    `peak_by_warmdown`: in a run shorter than ~1.5 x 400 steps nanochat's rule never finishes its warm-up (the
+    300-step d4 race ends at 0.94 and skips the warm-down branch) and would spend the low-lr phase still
+    raising the momentum. Runs with the warm-down starting after step 400 (d12 and up: thousands of steps)
+    are unchanged; peak_by_warmdown=False is nanochat's rule exactly.
 
     A low momentum at the start lets the first, large and fast-changing gradients through without dragging a
     stale average along; a lower one at the end, when the lr is small, lets the last steps follow the current
     gradient (less averaging lag when there is little time left to undo it)."""
+    wd_start = None
+    if num_iterations is not None:
+        warmdown_steps = round(warmdown_ratio * num_iterations)
+        if warmdown_steps > 0:
+            wd_start = num_iterations - warmdown_steps
+            if peak_by_warmdown:
+                warmup_steps = min(warmup_steps, wd_start)
     if warmup_steps > 0 and step < warmup_steps:
         frac = max(step, 0) / warmup_steps
         return start + frac * (peak - start)
-    if num_iterations is not None:
-        warmdown_steps = round(warmdown_ratio * num_iterations)
-        wd_start = num_iterations - warmdown_steps
-        if warmdown_steps > 0 and step >= wd_start:
-            progress = (step - wd_start) / warmdown_steps
-            return peak + progress * (end - peak)
+    if wd_start is not None and step >= wd_start:
+        progress = (step - wd_start) / (num_iterations - wd_start)
+        return peak + progress * (end - peak)
     return peak
 
 
