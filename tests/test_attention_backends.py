@@ -68,3 +68,15 @@ def test_fa4_needs_sm90(monkeypatch, fake_hopper):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
     with pytest.raises(RuntimeError, match="fa4 needs SM90"):
         attention.select_backend("cuda", "fa4")
+
+
+def test_gpu_decode_check_refuses_without_a_gpu(monkeypatch):
+    """The bf16 CUDA-graph decode check (benchmarks/gpu_decode_check.py) says why it cannot run on a CPU."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("gpu_decode_check", None)
+    import gpu_decode_check
+
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        gpu_decode_check.main([])
