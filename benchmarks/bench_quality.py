@@ -95,7 +95,7 @@ def val_bpb(model, tokenizer, data_dir: Path, cfg) -> float:
     return bpb
 
 
-def run_raychat(cfg, data_dir: Path, tokenizer, peak_by_warmdown: bool = True) -> dict:
+def run_raychat(cfg, data_dir: Path, tokenizer, peak_by_warmdown: bool = False) -> dict:
     """One race with the training recipe in PretrainConfig/derive/schedule/MuonAdamW; no Ray, one process."""
     from raychat.data import PackedLoader
     from raychat.model import GPT
@@ -210,8 +210,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--peer", default=None, help="shell command of a peer run whose log is read (nanochat)")
     ap.add_argument("--rounds", type=int, default=1, help="how many times to run each system, alternating")
     ap.add_argument("--no-compile", action="store_true", help="eager mode (the race is compiled)")
-    ap.add_argument("--nanochat-momentum", action="store_true",
-                    help="nanochat's Muon momentum rule exactly (a 400-step warm-up even past the warm-down start)")
+    ap.add_argument("--momentum-peak-by-warmdown", action="store_true",
+                    help="end the Muon momentum warm-up at the lr warm-down start (default: nanochat's rule, "
+                         "400 steps even past it)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     try:
@@ -236,7 +237,7 @@ def main(argv=None) -> dict:
             if system == "peer":
                 res = run_peer(args.peer, Path(args.tok_dir).expanduser().parent / f"peer-round{rnd}.log")
             else:
-                res = run_raychat(cfg, data_dir, tokenizer, peak_by_warmdown=not args.nanochat_momentum)
+                res = run_raychat(cfg, data_dir, tokenizer, peak_by_warmdown=args.momentum_peak_by_warmdown)
             rows.append({**res, "round": rnd, "load": load})
     md = to_markdown(rows, cfg, args.peer)
     print(md)

@@ -12,7 +12,7 @@ import torch
 from raychat.model import GPTConfig
 from raychat.optim import MuonAdamW
 from raychat.train.config import PretrainConfig, derive, get_preset
-from raychat.train.schedule import apply_schedule, lr_multiplier, muon_momentum, weight_decay_at
+from raychat.train.schedule import apply_schedule, lr_multiplier, weight_decay_at
 
 # the d4 race of issue 16: width 256, 4 heads of 64, vocab 8192, seq 256, 2048 tokens per step, 300 steps
 RACE = dict(depth=4, aspect_ratio=64, head_dim=64, seq_len=256, window_pattern="L", device_batch_size=8,
@@ -129,8 +129,8 @@ def test_apply_schedule_sets_each_group():
     assert apply_schedule(opt, 200, 300, cfg) == pytest.approx(100 / 195 + 95 / 195 * 0.05)
     muon, adam = opt.param_groups
     assert muon["lr"] == pytest.approx(0.02 * (100 / 195 + 95 / 195 * 0.05))
-    assert muon["momentum"] == pytest.approx(0.97 - 0.07 * (200 - 105) / 195)  # in the warm-down from 105
+    assert muon["momentum"] == pytest.approx(0.85 + 0.12 * 200 / 400)  # nanochat's: still warming up
     assert muon["weight_decay"] == pytest.approx(0.3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))   # 0.075
     assert adam["lr"] == pytest.approx(0.1 * (100 / 195 + 95 / 195 * 0.05)) and adam["weight_decay"] == 0.01
-    apply_schedule(opt, 200, 300, cfg, peak_by_warmdown=False)
-    assert opt.param_groups[0]["momentum"] == pytest.approx(0.85 + 0.12 * 200 / 400) == muon_momentum(200)
+    apply_schedule(opt, 200, 300, cfg, peak_by_warmdown=True)
+    assert opt.param_groups[0]["momentum"] == pytest.approx(0.97 - 0.07 * (200 - 105) / 195)  # warm-down from 105

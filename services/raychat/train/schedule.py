@@ -1,8 +1,8 @@
 """Schedules, as pure functions of the step (nanochat's current record recipe):
 - learning-rate multiplier: linear warm-up over warmup_steps, constant, linear warm-down over the last
   warmdown_ratio of the run to final_lr_frac;
-- Muon momentum: 0.85 -> 0.97 over 400 steps (or until the warm-down starts, if sooner), then 0.97 -> 0.90
-  over the warm-down (`raychat.optim.muon_momentum`);
+- Muon momentum: 0.85 -> 0.97 over 400 steps, then 0.97 -> 0.90 over the warm-down once the warm-up is over
+  (`raychat.optim.muon_momentum`; peak_by_warmdown ends the warm-up at the warm-down start instead);
 - Muon weight decay: a cosine from its base value to zero over the run.
 `apply_schedule` sets all three on an optimizer's groups for one step (what a training loop calls)."""
 
@@ -38,12 +38,12 @@ def weight_decay_at(step: int, num_iterations: int, base: float, shape: str = "c
     raise ValueError(f"weight decay schedule shape must be 'cosine' or 'linear', got {shape!r}")
 
 
-def apply_schedule(optimizer, step: int, num_iterations: int, cfg, peak_by_warmdown: bool = True) -> float:
+def apply_schedule(optimizer, step: int, num_iterations: int, cfg, peak_by_warmdown: bool = False) -> float:
     """Set lr (every group), momentum and weight decay (Muon groups) for `step`; returns the lr multiplier.
     `cfg` carries warmup_steps, warmdown_ratio and final_lr_frac (a PretrainConfig). The groups' starting
     values are remembered in initial_lr / initial_weight_decay on the first call. AdamW groups keep their
     (small, fixed) weight decay, scaled by their lr as decoupled decay is. peak_by_warmdown: see muon_momentum
-    (False = nanochat's momentum rule exactly)."""
+    (the default False is nanochat's momentum rule exactly)."""
     lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
     momentum = muon_momentum(step, num_iterations, cfg.warmdown_ratio, peak_by_warmdown=peak_by_warmdown)
     for g in optimizer.param_groups:
