@@ -182,7 +182,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_together(tmp_path):
     (["pretrain", "--data-dir", "{tmp}/nope"], "data dir {tmp}/nope does not exist"),
     (["pretrain", "--total-batch-size", "1000"], "not a multiple of device_batch_size"),
     (["sft", "--source", "rl"], "no rl checkpoint found"),
-    (["sft", "--mixture", "default", "--data-dir", "{tmp}/nope"], "no task data"),
+    (["sft", "--mixture", "default", "--data-dir", "{tmp}/nope"], "--data-dir {tmp}/nope does not exist"),
     (["rl", "--task", "GSM8K", "--data-dir", "{tmp}/nope"], "no GSM8K data"),
     (["rl", "--num-workers", "3"], "must be a multiple of the number of workers (3)"),
 ])

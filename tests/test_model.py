@@ -380,7 +380,7 @@ def test_depth_dial_and_d24_card_on_meta_device():
     assert p["matrices"] == L * per_layer + gates
     assert card["scaling_params"] == p["matrices"] + p["lm_head"]
     windows = card["windows"]
-    assert windows.count(1024) == 18 and windows.count(2048) == 6
+    assert windows.count(512) == 18 and windows.count(2048) == 6  # S = a quarter of 2048
     expected = 6 * card["scaling_params"] + sum(12 * 12 * 128 * w for w in windows)
     assert card["flops_per_token"] == expected
 

@@ -34,26 +34,38 @@ def _train(model, opt, steps, start=0):
 
 
 def test_build_optimizer_groups_and_learning_rates():
+    """nanochat's per-group table: lr, betas and (decoupled) AdamW weight decay per group."""
     model = FakeGPT()
     opt = build_optimizer(model, embedding_lr=0.3, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5,
-                          weight_decay=0.2, adam_betas=(0.8, 0.95))
+                          weight_decay=0.2)
     assert isinstance(opt, MuonAdamW)
     s = (64 / 768) ** -0.5                      # n_embd = 64 -> AdamW lrs x sqrt(12)
     by_name = {g["name"]: g for g in opt.param_groups}
-    assert by_name["lm_head"]["lr"] == pytest.approx(0.004 * s)
-    assert by_name["embedding"]["lr"] == pytest.approx(0.3 * s)
-    assert by_name["value_embeds"]["lr"] == pytest.approx(0.3 * s)
-    assert by_name["scalars"]["lr"] == pytest.approx(0.5)
+    want = {  # name: (lr, betas, weight decay)
+        "lm_head": (0.004 * s, (0.8, 0.96), 0.01),
+        "embedding": (0.3 * s, (0.8, 0.995), 0.001),
+        "value_embeds": (0.15 * s, (0.8, 0.995), 0.01),
+        "resid_lambdas": (0.005, (0.8, 0.95), 0.05),
+        "x0_lambdas": (0.5, (0.96, 0.95), 0.0),
+        "scalars": (0.2, (0.8, 0.95), 0.0),     # smear/backout: a fixed lr
+    }
+    for name, (lr, betas, wd) in want.items():
+        g = by_name[name]
+        assert (g["lr"], g["betas"], g["weight_decay"], g["eps"]) == (pytest.approx(lr), betas, wd, 1e-10), name
+    assert by_name["resid_lambdas"]["params"] == [model.resid_lambdas]
+    assert by_name["x0_lambdas"]["params"] == [model.x0_lambdas]
+    assert by_name["scalars"]["params"] == [model.smear_lambda]
     muon = [g for g in opt.param_groups if g["kind"] == "muon"]
     assert sorted(tuple(g["params"][0].shape) for g in muon) == [(32, 64), (64, 64), (64, 256), (256, 64)]
     assert sorted(len(g["params"]) for g in muon) == [3, 3, 6, 6]
     for g in opt.param_groups:
         assert g["initial_lr"] == g["lr"] and g["kind"] in ("adamw", "muon")
-        assert g["weight_decay"] == (0.2 if g["kind"] == "muon" else 0.0)
         if g["kind"] == "muon":
             assert len({p.shape for p in g["params"]}) == 1 and g["lr"] == 0.02 and g["ns_steps"] == 5
-        else:
-            assert g["betas"] == (0.8, 0.95) and g["eps"] == 1e-10
+            assert (g["weight_decay"], g["beta2"], g["equilibrate"], g["renormalize"]) == (0.2, 0.9, True, True)
+    # adam_betas replaces every AdamW group's betas (the earlier single-betas behaviour)
+    old = build_optimizer(model, adam_betas=(0.8, 0.95))
+    assert {g["betas"] for g in old.param_groups if g["kind"] == "adamw"} == {(0.8, 0.95)}
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
 

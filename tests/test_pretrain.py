@@ -80,14 +80,14 @@ def test_schedules():
     assert lr_multiplier(50, 100, warmdown_ratio=0.4) == 1.0
     assert lr_multiplier(80, 100, warmdown_ratio=0.4) == pytest.approx(0.5)
     assert lr_multiplier(100, 100, warmdown_ratio=0.4, final_lr_frac=0.1) == pytest.approx(0.1)
-    assert muon_momentum(0) == pytest.approx(0.85) and muon_momentum(300) == pytest.approx(0.95)
+    assert muon_momentum(0) == pytest.approx(0.85) and muon_momentum(400) == pytest.approx(0.97)
     assert weight_decay_at(50, 100, 0.2) == pytest.approx(0.1)
 
 
 def test_derivation_follows_the_depth_dial():
     d12 = derive(get_preset("d12"), 32768, 8)
     assert d12["total_batch_size"] == 2**19 and d12["lr_scale"] == 1.0
-    assert d12["total_tokens"] == pytest.approx(10.5 * d12["scaling_params"], rel=1e-3)
+    assert d12["total_tokens"] == pytest.approx(12 * d12["scaling_params"], rel=1e-3)
     d20 = derive(get_preset("d20"), 32768, 8)
     assert d20["total_batch_size"] == 2**20  # 2^19 * (D20/D12)^0.383 rounds to 2^20
     assert d20["matrix_lr"] == pytest.approx(0.02 * 2**0.5)

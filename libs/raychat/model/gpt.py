@@ -5,7 +5,7 @@ Notable features, each a switch in GPTConfig where it is a research knob:
 - rotary position embeddings (cos/sin cached as buffers, no learned positions); QK-norm after RoPE
 - grouped-query attention (n_kv_head <= n_head, n_head % n_kv_head == 0)
 - sliding-window attention from a pattern string tiled over the layers ("SSSL": S = a window of
-  short_window_frac of the context, L = full context); the last layer is always L
+  short_window_frac of the context, a quarter by default, L = full context); the last layer is always L
 - value embeddings on alternating layers (the last included): a per-layer token table added to V through an
   input-dependent gate 2*sigmoid(W x[..., :32]) per KV head (init W=0 -> gate 1)
 - per-layer learnable residual scalars: x = resid_lambda[i] * x + x0_lambda[i] * x0 (x0 = normed embedding)
@@ -40,7 +40,7 @@ class GPTConfig:
     n_kv_head: int = 6
     n_embd: int = 768
     window_pattern: str = "SSSL"
-    short_window_frac: float = 0.5  # S layers see this fraction of sequence_len
+    short_window_frac: float = 0.25  # S layers see this fraction of sequence_len (see window_sizes)
     value_embeds: bool = True
     smear: bool = True
     backout: bool = True
@@ -72,9 +72,15 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     def window_sizes(self) -> list[int | None]:
-        """Per-layer attention window (None = full context). Pattern tiled over layers, last layer full."""
+        """Per-layer attention window (None = full context). Pattern tiled over layers, last layer full.
+
+        S = short_window_frac (a quarter, nanochat's) of the context, rounded up to a multiple of 128 (the
+        flash-attention tile: a partial tile costs a whole one) once it exceeds 128, never above the context:
+        512 at T=2048, 1024 at 4096. Shorter windows (small test models) stay exact."""
         pat = self.window_pattern.upper()
-        short = max(1, int(self.sequence_len * self.short_window_frac))
+        short = max(1, math.ceil(self.sequence_len * self.short_window_frac))
+        if short > 128:
+            short = min(math.ceil(short / 128) * 128, self.sequence_len)
         w = [None if pat[i % len(pat)] == "L" else short for i in range(self.n_layer)]
         w[-1] = None
         return w

@@ -42,7 +42,8 @@ from raychat.optim.adamw import adamw_step_
 from raychat.optim.muon import muon_update_
 
 ADAMW_DEFAULTS = {"betas": (0.8, 0.95), "eps": 1e-10, "weight_decay": 0.0}
-MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "beta2": 0.95, "weight_decay": 0.0}
+MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "beta2": 0.9, "weight_decay": 0.0, "equilibrate": True,
+                 "renormalize": True}
 # AdamW params smaller than this are all-reduced and updated on every rank: their state is negligible and a
 # separate reduce-scatter + all-gather per tiny tensor would cost more latency than it saves.
 MIN_SHARD_NUMEL = 1024
@@ -78,7 +79,8 @@ class MuonAdamW(torch.optim.Optimizer):
     """Combined optimizer over param groups that each carry `kind`:
 
     - "adamw": keys lr, betas, eps, weight_decay (defaults: ADAMW_DEFAULTS); any parameter shapes.
-    - "muon": keys lr, momentum, ns_steps, beta2 (NorMuon variance EMA), weight_decay (cautious);
+    - "muon": keys lr, momentum, ns_steps, beta2 (NorMuon variance EMA), weight_decay (cautious), equilibrate
+      (MuonEq) and renormalize (Muon+), see muon.py;
       all parameters 2-D and of one shape (they are updated as one stacked batch; build_optimizer makes
       one group per shape).
 
@@ -170,7 +172,8 @@ class MuonAdamW(torch.optim.Optimizer):
             stacked = torch.stack(owned)  # (n_own, m, n)
             muon_update_(red.grad_chunk[:n_own], stacked, state["momentum_buffer"], state["second_momentum_buffer"],
                          lr=group["lr"], momentum=group["momentum"], beta2=group["beta2"],
-                         weight_decay=group["weight_decay"], ns_steps=group["ns_steps"])
+                         weight_decay=group["weight_decay"], ns_steps=group["ns_steps"],
+                         equilibrate=group["equilibrate"], renormalize=group["renormalize"])
         if world == 1:
             torch._foreach_copy_(owned, list(stacked.unbind(0)))
             return []
@@ -263,22 +266,35 @@ class MuonAdamW(torch.optim.Optimizer):
         super().load_state_dict(sd)
 
 
-def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr: float = 0.004,
+def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr: float = 0.008,
                     matrix_lr: float = 0.02, scalar_lr: float = 0.5, weight_decay: float = 0.0,
-                    adam_betas: tuple[float, float] = (0.8, 0.95)) -> MuonAdamW:
-    """MuonAdamW over `model.param_groups()` (keys embedding, value_embeds, lm_head, matrices, scalars).
+                    adam_betas: tuple[float, float] | None = None) -> MuonAdamW:
+    """MuonAdamW over `model.param_groups()` (keys embedding, value_embeds, lm_head, matrices, scalars), with
+    nanochat's current per-group settings (lr x width scale s, betas, decoupled AdamW weight decay):
 
-    Learning rates (nanochat's, tuned at width 768):
-    - embedding and value_embeds: embedding_lr * s, lm_head: unembedding_lr * s, with
-      s = 1/sqrt(n_embd / 768). Adam's step is ~lr per element whatever the width, while the effect of an
-      embedding/unembedding row on the residual stream grows with its length, so wider models take smaller
-      AdamW steps (muP-like); s = 1 at 768 keeps the tuned values.
-    - scalars: scalar_lr, not width-scaled (per-layer gains and gates are O(1) numbers at any width).
-    - matrices: matrix_lr, Muon, one group per shape; Muon's update is already scale-free (orthogonal,
-      then shape-scaled by max(1, rows/cols)^0.5 in muon.py).
-    weight_decay applies to the Muon groups only (cautious, scheduled by the loop via group["weight_decay"]);
-    AdamW groups get none. AdamW: betas=adam_betas, eps=1e-10. Muon: momentum 0.95 (the loop warms it up
-    with `muon_momentum`), ns_steps 5, beta2 0.95.
+    | group | lr | betas | AdamW wd |
+    |---|---|---|---|
+    | lm_head | unembedding_lr x s | (0.8, 0.96) | 0.01 |
+    | embedding | embedding_lr x s | (0.8, 0.995) | 0.001 |
+    | value_embeds | embedding_lr x s / 2 | (0.8, 0.995) | 0.01 |
+    | resid_lambdas | scalar_lr / 100 | (0.8, 0.95) | 0.05 |
+    | x0_lambdas | scalar_lr | (0.96, 0.95) | 0 |
+    | smear and backout scalars | 0.2 | (0.8, 0.95) | 0 |
+
+    s = 1/sqrt(n_embd / 768): Adam's step is ~lr per element whatever the width, while the effect of an
+    embedding/unembedding row on the residual stream grows with its length, so wider models take smaller
+    AdamW steps (muP-like); s = 1 at 768 keeps the tuned values. Embedding tables see a token's gradient only
+    when it occurs, hence beta2 0.995 (a long memory for rare rows); the residual gains multiply the whole
+    stream, hence their small lr and a pull towards 0 (`resid_lambdas` are O(1) numbers every layer depends on);
+    x0 gains get beta1 0.96 (their gradient is noisy and small). The smear/backout scalars keep a fixed lr 0.2
+    (nanochat does not batch-scale them). The scalars group falls back to scalar_lr with (0.8, 0.95) for a
+    model without these attributes. adam_betas, when given, replaces every AdamW group's betas (the old
+    single-betas behaviour).
+
+    Muon for the block matrices: matrix_lr, one group per shape; momentum 0.95 (the loop schedules it with
+    `muon_momentum`), 5 Polar Express iterations, NorMuon beta2 0.9, MuonEq + Muon+; its update is already
+    scale-free (orthogonal, then shape-scaled by max(1, rows/cols)^0.5 in muon.py). weight_decay is the
+    cautious decay of the Muon groups (scheduled by the loop via group["weight_decay"]).
     """
     named = model.param_groups()
     expected = {"embedding", "value_embeds", "lm_head", "matrices", "scalars"}
@@ -298,12 +314,23 @@ def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr:
     n_embd = model.config.n_embd
     scale = (n_embd / 768) ** -0.5
     print0(f"AdamW lr scale 1/sqrt({n_embd}/768) = {scale:.6f} (embedding, value_embeds, lm_head)")
-    adamw = {"kind": "adamw", "betas": tuple(adam_betas), "eps": 1e-10, "weight_decay": 0.0}
+    scalars = named.get("scalars", [])
+    resid = [p for p in scalars if p is getattr(model, "resid_lambdas", None)]
+    x0 = [p for p in scalars if p is getattr(model, "x0_lambdas", None)]
+    gates = [p for p in scalars if not any(p is q for q in resid + x0)]
+    gate_lr = 0.2 if resid or x0 else scalar_lr  # a model without the named gains: one plain scalars group
+
+    def adamw(name, params, lr, betas, wd):
+        return {"kind": "adamw", "name": name, "params": params, "lr": lr, "eps": 1e-10, "weight_decay": wd,
+                "betas": tuple(adam_betas) if adam_betas is not None else betas}
+
     groups = [
-        {**adamw, "name": "lm_head", "params": named.get("lm_head", []), "lr": unembedding_lr * scale},
-        {**adamw, "name": "embedding", "params": named.get("embedding", []), "lr": embedding_lr * scale},
-        {**adamw, "name": "value_embeds", "params": named.get("value_embeds", []), "lr": embedding_lr * scale},
-        {**adamw, "name": "scalars", "params": named.get("scalars", []), "lr": scalar_lr},
+        adamw("lm_head", named.get("lm_head", []), unembedding_lr * scale, (0.8, 0.96), 0.01),
+        adamw("embedding", named.get("embedding", []), embedding_lr * scale, (0.8, 0.995), 0.001),
+        adamw("value_embeds", named.get("value_embeds", []), embedding_lr * scale * 0.5, (0.8, 0.995), 0.01),
+        adamw("resid_lambdas", resid, scalar_lr * 0.01, (0.8, 0.95), 0.05),
+        adamw("x0_lambdas", x0, scalar_lr, (0.96, 0.95), 0.0),
+        adamw("scalars", gates, gate_lr, (0.8, 0.95), 0.0),
     ]
     matrices = named.get("matrices", [])
     bad = [tuple(p.shape) for p in matrices if p.ndim != 2]
@@ -311,6 +338,6 @@ def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr:
         raise ValueError(f"'matrices' must hold 2-D parameters only (Muon), got shapes {bad}")
     for shape in sorted({tuple(p.shape) for p in matrices}):
         groups.append({"kind": "muon", "name": f"matrices{shape[0]}x{shape[1]}", "lr": matrix_lr,
-                       "params": [p for p in matrices if tuple(p.shape) == shape],
-                       "momentum": 0.95, "ns_steps": 5, "beta2": 0.95, "weight_decay": weight_decay})
+                       "params": [p for p in matrices if tuple(p.shape) == shape], **MUON_DEFAULTS,
+                       "weight_decay": weight_decay})
     return MuonAdamW([g for g in groups if g["params"]])

@@ -8,6 +8,7 @@ $RAYCHAT_HOME/bench (inside the image the install folder belongs to root; the ho
     raychat bench train                  # training tokens/s + MFU vs this CPU's GEMM peak, GPU projection
     raychat bench engine                 # prefill/decode tokens/s, TTFT, continuous batching vs sequential
     raychat bench serve                  # 32 concurrent WebSocket clients against a local Ray Serve app
+    raychat bench quality                # the d4 quality race: val bpb at equal tokens, training tokens/s
     raychat bench all                    # everything above (and loader, core, muon)
     raychat bench train -- --steps 20    # extra arguments after -- go to the benchmark script
 """
@@ -31,6 +32,7 @@ BENCHES = {
     "core": ["benchmarks/bench_core.py"],
     "muon": ["benchmarks/bench_muon.py"],
     "serve": ["benchmarks/bench_serve.py"],
+    "quality": ["benchmarks/bench_quality.py"],
 }
 
 

@@ -107,7 +107,7 @@ def train(cfg: PretrainConfig, ctx) -> dict:
     def step(it: int) -> dict:
         for g in optimizer.param_groups:
             if g["kind"] == "muon":
-                g["momentum"] = muon_momentum(it)
+                g["momentum"] = muon_momentum(it, n_iter, cfg.warmdown_ratio)
                 g["weight_decay"] = weight_decay_at(it, n_iter, g["initial_weight_decay"])
         loss_sum = 0.0
         for _ in range(accum):

@@ -1,7 +1,14 @@
-"""Schedules, as pure functions of the step: learning-rate multiplier (linear warm-up, constant, linear
-warm-down to a final fraction), Muon momentum warm-up, and weight decay that follows the learning rate."""
+"""Schedules, as pure functions of the step (nanochat's current record recipe):
+- learning-rate multiplier: linear warm-up over warmup_steps, constant, linear warm-down over the last
+  warmdown_ratio of the run to final_lr_frac;
+- Muon momentum: 0.85 -> 0.97 over 400 steps, then 0.97 -> 0.90 over the warm-down once the warm-up is over
+  (`raychat.optim.muon_momentum`; peak_by_warmdown ends the warm-up at the warm-down start instead);
+- Muon weight decay: a cosine from its base value to zero over the run.
+`apply_schedule` sets all three on an optimizer's groups for one step (what a training loop calls)."""
 
 from __future__ import annotations
+
+import math
 
 from raychat.optim import muon_momentum  # noqa: F401  (re-exported: the loops import schedules from here)
 
@@ -18,7 +25,32 @@ def lr_multiplier(step: int, num_iterations: int, warmup_steps: int = 0, warmdow
     return progress + (1 - progress) * final_lr_frac
 
 
-def weight_decay_at(step: int, num_iterations: int, base: float) -> float:
-    """Decay linearly to zero over the run: late in training the (already small) learning rate times a full
-    weight decay would keep shrinking weights that no longer get useful gradient signal."""
-    return base * (1 - step / max(num_iterations, 1))
+def weight_decay_at(step: int, num_iterations: int, base: float, shape: str = "cosine") -> float:
+    """Weight decay for `step`, falling to zero at the end of the run: late in training the (already small)
+    learning rate times a full weight decay would keep shrinking weights that no longer get useful gradient
+    signal. shape "cosine" (nanochat's: base x (1 + cos(pi t / n)) / 2, gentle at both ends) or "linear"
+    (base x (1 - t / n), raychat's earlier rule)."""
+    frac = step / max(num_iterations, 1)
+    if shape == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * frac))
+    if shape == "linear":
+        return base * (1 - frac)
+    raise ValueError(f"weight decay schedule shape must be 'cosine' or 'linear', got {shape!r}")
+
+
+def apply_schedule(optimizer, step: int, num_iterations: int, cfg, peak_by_warmdown: bool = False) -> float:
+    """Set lr (every group), momentum and weight decay (Muon groups) for `step`; returns the lr multiplier.
+    `cfg` carries warmup_steps, warmdown_ratio and final_lr_frac (a PretrainConfig). The groups' starting
+    values are remembered in initial_lr / initial_weight_decay on the first call. AdamW groups keep their
+    (small, fixed) weight decay, scaled by their lr as decoupled decay is. peak_by_warmdown: see muon_momentum
+    (the default False is nanochat's momentum rule exactly)."""
+    lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+    momentum = muon_momentum(step, num_iterations, cfg.warmdown_ratio, peak_by_warmdown=peak_by_warmdown)
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+        g.setdefault("initial_weight_decay", g.get("weight_decay", 0.0))
+        g["lr"] = g["initial_lr"] * lrm
+        if g["kind"] == "muon":
+            g["momentum"] = momentum
+            g["weight_decay"] = weight_decay_at(step, num_iterations, g["initial_weight_decay"])
+    return lrm
