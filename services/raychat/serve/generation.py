@@ -10,7 +10,7 @@ Pure asyncio + the engine: no Ray, no HTTP. app.EngineDeployment wraps it in a S
 Events (small dicts):
     {"type": "start", "prompt_tokens", "max_tokens"}
     {"type": "token", "text", "n", "t"}      n = engine tokens consumed since the previous event, t = time.time()
-                                             when the replica received the engine step that completed it
+                                             when the replica read the engine step that completed it
     {"type": "tool_call", "text", "n", "t"}  the expression between <|python_start|> and <|python_end|>
     {"type": "tool_result", "text", "n", "t"}  the forced output between <|output_start|> and <|output_end|>
     {"type": "done", "finish_reason", "prompt_tokens", "completion_tokens", "n", "stats"}
@@ -143,7 +143,9 @@ class ChatService:
         stream = self.aengine.generate(prompt, params)
         try:
             async for ev in stream:
-                t = time.time()  # the engine hands each step's events over at once: this is the step's time
+                # the engine thread hands a step's events over at once, so this is the step's time (steps that
+                # pile up while this loop is busy share the time they are read at, as arrival times would)
+                t = time.time()
                 for d in reply.feed(ev):
                     yield {"type": d.type, "text": d.text, "n": d.n, "t": t}
                 if reply.done:
@@ -160,7 +162,6 @@ class ChatService:
             yield {"type": d.type, "text": d.text, "n": d.n, "t": t}
         yield {"type": "done", "finish_reason": done.finish_reason, "prompt_tokens": len(prompt),
                "completion_tokens": done.usage["completion_tokens"], "n": done.n, "stats": self.stats()}
-
 
     async def generate_chunks(self, request: dict) -> AsyncIterator[list[dict]]:
         """generate()'s events in lists for the trip to the ingress: "start", the first text event and the
