@@ -191,7 +191,8 @@ def test_serve_config_validation(monkeypatch, tmp_path):
                        ({"run_dir": "x", "limits": {"max_messages": 0}}, "limits.max_messages"),
                        ({"run_dir": "x", "kv_cache_memory": 0}, "kv_cache_memory"),
                        ({"run_dir": "x", "gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
-                       ({"run_dir": "x", "prefill_chunk": -1}, "prefill_chunk")]:
+                       ({"run_dir": "x", "prefill_chunk": -1}, "prefill_chunk"),
+                       ({"run_dir": "x", "stream_interval": 0}, "stream_interval")]:
         with pytest.raises(ValueError, match=needle):
             ServeConfig(**kw)
     auto = ServeConfig(run_dir="x", replicas=2, autoscaling={"max_replicas": 4})

@@ -58,6 +58,9 @@ def add_arguments(p):
     p.add_argument("--prefill-chunk", type=int, default=None,
                    help="prompt tokens prefilled per engine step beside decoding (chunked prefill; default 32 on "
                         "CPU, 512 on a GPU); 0 = whole prompts, a step prefills or decodes")
+    p.add_argument("--stream-interval", type=int, default=4,
+                   help="tokens the engine replica gathers per stream item to the ingress after the first token "
+                        "(vLLM's --stream-interval; 1 = one item per token); clients still get one frame per token")
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="prefill every prompt in full (default: reuse the KV cache of a matching prefix)")
     p.add_argument("--max-seq-len", type=int, default=None, help="context per sequence (default: the model's)")
@@ -119,6 +122,7 @@ def config_from_args(args):
                            enforce_eager=args.enforce_eager, kv_cache_memory=args.kv_cache_memory,
                            gpu_memory_utilization=args.gpu_memory_utilization,
                            prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching,
+                           stream_interval=args.stream_interval,
                            allowed_hosts=args.allowed_hosts, allowed_origins=args.allowed_origins or [])
     except (ValueError, TypeError) as e:
         raise RaychatError(str(e)) from None

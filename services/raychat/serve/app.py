@@ -9,8 +9,9 @@
 
 Why two deployments: the engine replicas are the expensive, GPU-bound part and scale with load
 (autoscaling on ongoing requests); the ingress is cheap Python that owns connections, validation, auth,
-limits and metrics, and never holds a model. The streaming handle carries small event dicts (one per
-visible text change); cancelling it (client disconnect, `stop`) cancels the replica's generator, which
+limits and metrics, and never holds a model. The streaming handle carries lists of small event dicts
+(generation.ChatService.generate_chunks: the first token alone, then `stream_interval` tokens per item);
+cancelling it (client disconnect, `stop`) cancels the replica's generator, which
 cancels the engine request, freeing its KV-cache slot at the next step.
 
 Model loading happens in a background thread of the replica, so Serve sees a healthy replica at once
@@ -28,6 +29,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from raychat.serve.config import ServeConfig
+from raychat.serve.generation import Unbatched
 
 
 @serve.deployment(name="EngineDeployment", health_check_period_s=10, graceful_shutdown_timeout_s=10)
@@ -76,10 +78,10 @@ class EngineDeployment:
     async def generate(self, request: dict) -> AsyncIterator[dict]:
         if self.service is None:
             msg = self.error or "model is loading"
-            yield {"type": "error", "code": "not_ready", "message": f"{msg}; retry shortly", "status": 503}
+            yield [{"type": "error", "code": "not_ready", "message": f"{msg}; retry shortly", "status": 503}]
             return
-        async for ev in self.service.generate(request):
-            yield ev
+        async for chunk in self.service.generate_chunks(request):
+            yield chunk
 
     def __del__(self):
         if self.service is not None:
@@ -101,7 +103,8 @@ class HandleEngineClient:
         self.stream = handle.options(stream=True)
 
     def generate(self, request: dict):
-        return self.stream.generate.remote(request)  # DeploymentResponseGenerator: async-iterable, cancel()
+        # DeploymentResponseGenerator of event lists (async-iterable, cancel()), read one event at a time
+        return Unbatched(self.stream.generate.remote(request))
 
     async def stats(self) -> list[dict]:
         results = await self.handle.broadcast("stats").results_async(timeout_s=2.0, return_exceptions=True)

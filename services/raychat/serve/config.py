@@ -51,6 +51,8 @@ class ServeConfig:
     prefill_chunk: int | None = None     # prompt tokens prefilled per engine step beside decoding (chunked
                                          # prefill); 0 = off, None = DEFAULT_PREFILL_CHUNK for the device
     max_seq_len: int | None = None       # context per sequence (None = the model's sequence_len)
+    stream_interval: int = 4             # tokens per replica -> ingress stream item after the first (vLLM's
+                                         # stream_interval); clients still get one frame per text delta
     max_ongoing_requests: int | None = None  # Serve's per-replica cap (None = 2 * max_batch_size)
     num_cpus: float = 1.0                # CPUs per engine replica (fractional is fine on CPU)
     num_gpus: float | None = None        # GPUs per engine replica (None = 1 if CUDA is visible, else 0)
@@ -78,7 +80,7 @@ class ServeConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if not self.host:
             raise ValueError("host must not be empty")
-        for name in ("replicas", "max_batch_size", "ingress_replicas"):
+        for name in ("replicas", "max_batch_size", "ingress_replicas", "stream_interval"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")

@@ -7,16 +7,24 @@
 Pure asyncio + the engine: no Ray, no HTTP. app.EngineDeployment wraps it in a Serve replica;
 `LocalEngineClient` drives it in-process (unit tests, the load test's local mode).
 
-Events (dicts, small: each one crosses a process boundary through a Serve streaming handle):
+Events (small dicts):
     {"type": "start", "prompt_tokens", "max_tokens"}
-    {"type": "token", "text", "n"}           n = engine tokens consumed since the previous event
-    {"type": "tool_call", "text", "n"}       the expression between <|python_start|> and <|python_end|>
-    {"type": "tool_result", "text", "n"}     the forced output between <|output_start|> and <|output_end|>
+    {"type": "token", "text", "n", "t"}      n = engine tokens consumed since the previous event, t = time.time()
+                                             when the replica read the engine step that completed it
+    {"type": "tool_call", "text", "n", "t"}  the expression between <|python_start|> and <|python_end|>
+    {"type": "tool_result", "text", "n", "t"}  the forced output between <|output_start|> and <|output_end|>
     {"type": "done", "finish_reason", "prompt_tokens", "completion_tokens", "n", "stats"}
     {"type": "error", "code", "message", "status"}   only ever first (bad conversation, context overflow)
 Text, tool segments, stop strings and the token counts come from the chat layer's `Reply` (raychat.chat),
 the same pipeline the terminal chat and the evals use; this module adds limits and the event format.
 The calculator runs in a child process with a deadline (tool_worker.BoundedTool), never in the replica.
+
+What crosses the process boundary (a Serve streaming handle) is `generate_chunks`: lists of these events, the
+first token alone, then at least `stream_interval` tokens per list (vLLM's stream_interval), and `Unbatched`
+on the ingress turns them back into single events. Why: every stream item costs the replica, the ingress and
+the Serve proxy their own serialisation and wakeups; at 32 clients on a CPU box one item per token spent
+more CPU than the engine's steps (benchmarks/RESULTS.md, serve section). The ingress still sends one frame per
+event, and its inter-token-latency metric reads the gaps between the events' `t`, not their arrival.
 /v1/completions uses the same pipeline on a raw prompt (<|bos|> + text, no chat template).
 """
 
@@ -24,11 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 from raychat.serve.protocol import ApiError, context_length_error
 
 DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # OpenAI's temperature, nanochat's top_k
+TEXT_EVENTS = ("token", "tool_call", "tool_result")
 
 
 class ChatService:
@@ -37,7 +48,7 @@ class ChatService:
     def __init__(self, model, tokenizer, *, max_batch_size: int = 8, max_seq_len: int | None = None,
                  default_max_tokens: int = 512, model_name: str = "raychat", meta: dict | None = None,
                  device: str = "cpu", enforce_eager: bool = False, tool_timeout_s: float = 0.1,
-                 engine_options: dict | None = None):
+                 engine_options: dict | None = None, stream_interval: int = 1):
         from raychat.engine import AsyncEngine, Engine
         from raychat.serve.tool_worker import BoundedTool
 
@@ -54,6 +65,7 @@ class ChatService:
         self.model_name = model_name
         self.meta = meta or {}
         self.device = device
+        self.stream_interval = stream_interval
         self.replica = "local"
 
     @classmethod
@@ -73,7 +85,7 @@ class ChatService:
         return cls(model, tok, max_batch_size=config.max_batch_size, max_seq_len=config.max_seq_len,
                    default_max_tokens=config.limits.default_max_tokens, model_name=config.model_name, meta=meta,
                    device=info.describe(), enforce_eager=config.enforce_eager, tool_timeout_s=config.tool_timeout_s,
-                   engine_options=config.engine_options(info.device.type))
+                   engine_options=config.engine_options(info.device.type), stream_interval=config.stream_interval)
 
     def info(self) -> dict:
         cfg = self.engine.model.config
@@ -131,8 +143,11 @@ class ChatService:
         stream = self.aengine.generate(prompt, params)
         try:
             async for ev in stream:
+                # the engine thread hands a step's events over at once, so this is the step's time (steps that
+                # pile up while this loop is busy share the time they are read at, as arrival times would)
+                t = time.time()
                 for d in reply.feed(ev):
-                    yield {"type": d.type, "text": d.text, "n": d.n}
+                    yield {"type": d.type, "text": d.text, "n": d.n, "t": t}
                 if reply.done:
                     break  # the end, or a stop string: closing the stream cancels the engine request
         except ContextLengthError as e:  # cannot happen after _params' check; kept so it never becomes a 500
@@ -142,10 +157,54 @@ class ChatService:
         finally:
             await stream.aclose()
         *rest, done = reply.finish()
+        t = time.time()
         for d in rest:
-            yield {"type": d.type, "text": d.text, "n": d.n}
+            yield {"type": d.type, "text": d.text, "n": d.n, "t": t}
         yield {"type": "done", "finish_reason": done.finish_reason, "prompt_tokens": len(prompt),
                "completion_tokens": done.usage["completion_tokens"], "n": done.n, "stats": self.stats()}
+
+    async def generate_chunks(self, request: dict) -> AsyncIterator[list[dict]]:
+        """generate()'s events in lists for the trip to the ingress: "start", the first text event and the
+        last events each go at once (TTFT and the end are not delayed); text events in between wait until they
+        hold `stream_interval` engine tokens. Closing this iterator closes generate(), cancelling the request."""
+        events = self.generate(request)
+        buf: list[dict] = []
+        tokens, first = 0, True
+        try:
+            async for ev in events:
+                buf.append(ev)
+                if ev["type"] in TEXT_EVENTS:
+                    tokens += ev["n"]
+                    if not first and tokens < self.stream_interval:
+                        continue
+                    first = False
+                yield buf
+                buf, tokens = [], 0
+        finally:
+            await events.aclose()
+        if buf:
+            yield buf
+
+
+class Unbatched:
+    """The ingress's view of a replica stream of event lists (generate_chunks): one event per __anext__, with
+    the stream's cancel() passed through. Errors of the underlying stream (back-pressure, a dead replica,
+    cancellation) surface at the __anext__ that needs its next list."""
+
+    def __init__(self, chunks):
+        self._chunks = chunks
+        self._pending: deque = deque()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> dict:
+        while not self._pending:
+            self._pending.extend(await self._chunks.__anext__())
+        return self._pending.popleft()
+
+    def cancel(self) -> None:
+        self._chunks.cancel()
 
 
 class StreamCancelled(Exception):
@@ -155,7 +214,7 @@ class StreamCancelled(Exception):
 class _LocalStream:
     """An in-process stand-in for a Serve DeploymentResponseGenerator: async-iterable, with cancel()."""
 
-    def __init__(self, agen: AsyncIterator[dict]):
+    def __init__(self, agen: AsyncIterator):
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task = asyncio.ensure_future(self._pump(agen))
 
@@ -174,7 +233,7 @@ class _LocalStream:
     def __aiter__(self):
         return self
 
-    async def __anext__(self) -> dict:
+    async def __anext__(self):
         item = await self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -190,8 +249,8 @@ class LocalEngineClient:
     def __init__(self, service: ChatService):
         self.service = service
 
-    def generate(self, request: dict) -> _LocalStream:
-        return _LocalStream(self.service.generate(request))
+    def generate(self, request: dict) -> Unbatched:
+        return Unbatched(_LocalStream(self.service.generate_chunks(request)))  # the path a Serve replica takes
 
     async def stats(self) -> list[dict]:
         return [self.service.stats()]

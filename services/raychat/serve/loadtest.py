@@ -12,8 +12,9 @@ do) plus a new user message, and TTFT is also reported per turn (`ttft_turn{t}` 
 reuse shows. Loopback only by default: a load test is not a way to hammer someone else's server.
 
 Engine settings (`engine=`, ServeConfig fields) are named in SETTINGS: "baseline" is the engine before
-memory-sized slots (8 fixed slots, every prompt prefilled whole, no prefix reuse), "default" what
-`raychat serve` runs now, "no-reuse" the default without prefix caching. `compare` runs several in one process,
+memory-sized slots (8 fixed slots, every prompt prefilled whole, no prefix reuse, one stream item per token),
+"default" what `raychat serve` runs now, "no-reuse" the default without prefix caching, "per-token" the
+default with one replica -> ingress stream item per token (stream_interval 1). `compare` runs several in one process,
 back to back, against the same model.
 
 Fields (ms unless noted), as vLLM defines them:
@@ -36,8 +37,9 @@ PROMPTS = ("Tell me a short story about a robot who learns to paint.",
            "What is 12 * 7? Explain the steps.",
            "Write three sentences about the ocean.",
            "Why is the sky blue?")
-SETTINGS = {"baseline": {"max_batch_size": 8, "prefix_caching": False, "prefill_chunk": 0},
+SETTINGS = {"baseline": {"max_batch_size": 8, "prefix_caching": False, "prefill_chunk": 0, "stream_interval": 1},
             "default": {},
+            "per-token": {"stream_interval": 1},
             "no-reuse": {"prefix_caching": False},
             "no-chunking": {"prefill_chunk": 0}}
 
@@ -208,7 +210,8 @@ def bench_serve(*, run_dir: str | None = None, checkpoint: str | None = None, st
         if started:
             ray.shutdown()
     res.update({"replicas": replicas, "replica_cpus": replica_cpus, "max_batch_size": config.max_batch_size,
-                "prefix_caching": config.prefix_caching, "prefill_chunk": config.prefill_chunk})
+                "prefix_caching": config.prefix_caching, "prefill_chunk": config.prefill_chunk,
+                "stream_interval": config.stream_interval})
     return res
 
 
@@ -247,7 +250,7 @@ def format_comparison(results: dict[str, dict]) -> str:
 
 def _settings_line(res: dict) -> str:
     return (f"max_batch_size {res.get('max_batch_size')}, prefix caching {res.get('prefix_caching')}, "
-            f"prefill chunk {res.get('prefill_chunk')}")
+            f"prefill chunk {res.get('prefill_chunk')}, stream interval {res.get('stream_interval')}")
 
 
 def add_arguments(p) -> None:

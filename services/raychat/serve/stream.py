@@ -73,6 +73,7 @@ class TokenStream:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason: str | None = None
+        self._t_step: float | None = None  # the replica's time of the previous text event ("t")
         self._gen = None
         self._slot = False
         self._cancelled = False
@@ -155,12 +156,16 @@ class TokenStream:
             n = ev.get("n", 0)
             if kind in ("token", "tool_call", "tool_result"):
                 self.completion_tokens += n
-                prev = self.timer.t_last
+                prev, t_prev = self.timer.t_last, self._t_step
                 self.timer.tick(now)
+                t_step = self._t_step = ev.get("t")
                 if prev is None:
-                    m.observe_first_token(now - self.t0)
+                    m.observe_first_token(now - self.t0)  # the replica sends the first token alone, at once
                 elif n:  # the gap is shared by the n tokens this event carries (some complete no text alone)
-                    m.observe_itl(now - prev, n)
+                    # events travel several to an item (stream_interval): their gap is that of their engine
+                    # steps, timed by the replica; arrival gaps only for a replica that sends no times
+                    gap = t_step - t_prev if t_step is not None and t_prev is not None else now - prev
+                    m.observe_itl(max(gap, 0.0), n)
                 if kind == "tool_call":
                     m.observe_tool_call()
                 yield ev
