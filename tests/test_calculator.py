@@ -144,3 +144,17 @@ def test_every_gsm8k_annotation_reproduces(shared_data):
                 assert float(got) == pytest.approx(float(result), abs=0.006), (expr, result, got)
                 n += 1
     assert n == 23716
+
+
+def test_the_calculator_imports_without_torch():
+    """Regression: the serving app's calculator child runs under a 512 MiB address-space limit; importing
+    raychat.tools pulled torch in through the sandbox module and the child died of memory."""
+    import subprocess
+    import sys
+
+    code = "import sys, raychat.tools.calculator, raychat.tools; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out
+    from raychat.tools import SandboxUnavailable  # the sandbox's names still resolve, on first use
+
+    assert SandboxUnavailable.__name__ == "SandboxUnavailable"
