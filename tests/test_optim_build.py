@@ -136,3 +136,13 @@ def test_loading_another_ranks_state_is_a_clear_error():
     sd["sharding"] = {"rank": 1, "world_size": 2}
     with pytest.raises(RaychatError, match="rank 1 of 2.*same world size"):
         build_optimizer(FakeGPT()).load_state_dict(sd)
+
+
+def test_torchrun_env_without_a_process_group_means_world_size_1(monkeypatch):
+    """RANK/WORLD_SIZE set (torchrun before init_process_group) cannot all-reduce: the optimizer stays unsharded."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model = FakeGPT()
+    opt = build_optimizer(model)
+    _train(model, opt, 1)
+    assert opt.state_dict()["sharding"] == {"rank": 0, "world_size": 1}
