@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from scripted_model import ScriptedModel
 
 from raychat.cli import main as cli_main
+from raychat.data import rows_to_batch
 from raychat.engine import Completion, Engine
 from raychat.tasks import SimpleArithmetic
 from raychat.tokenizer import Tokenizer
@@ -27,7 +28,7 @@ from raychat.train.grpo import (
     rollout,
     train,
 )
-from raychat.train.harness import LocalContext, rows_to_batch
+from raychat.train.harness import LocalContext
 from raychat.train.sft import train as sft_train
 
 TOK = Tokenizer.byte_level()

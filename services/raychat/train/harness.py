@@ -189,21 +189,6 @@ def main(stage: str, argv: list[str] | None = None) -> int:
         return 2
 
 
-def rows_to_batch(rows: list[tuple[list[int], list[int]]], pad_id: int, width: int | None = None):
-    """The finetuning stages' batches. Rows of (ids, mask) -> x, y (B, T) int64 with y[t] = ids[t+1] where
-    mask[t+1] = 1 and -1 elsewhere (prompt tokens, tool outputs, padding). T = longest row - 1, or `width`."""
-    T = width if width is not None else max(len(ids) for ids, _ in rows) - 1
-    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    y = torch.full((len(rows), T), -1, dtype=torch.long)
-    for i, (ids, mask) in enumerate(rows):
-        n = min(len(ids) - 1, T)
-        ids_t = torch.tensor(ids[: n + 1], dtype=torch.long)
-        m = torch.tensor(mask[1: n + 1], dtype=torch.bool)
-        x[i, :n] = ids_t[:-1]
-        y[i, :n] = torch.where(m, ids_t[1:], torch.full_like(ids_t[1:], -1))
-    return x, y
-
-
 # ---- worker side ---------------------------------------------------------------------------------------
 @dataclass
 class Eval:
