@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -144,3 +146,12 @@ def test_every_gsm8k_annotation_reproduces(shared_data):
                 assert float(got) == pytest.approx(float(result), abs=0.006), (expr, result, got)
                 n += 1
     assert n == 23716
+
+
+def test_importing_the_calculator_loads_no_torch():
+    """The serving replica runs the calculator in a child under a 512 MiB address-space limit
+    (serve/tool_worker.py): importing torch there fails (OpenBLAS cannot allocate), and the tool was
+    `unavailable` for every call. The calculator and its package stay standard-library only."""
+    code = "import sys, raychat.tools.calculator; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
