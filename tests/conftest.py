@@ -3,7 +3,12 @@ directories (a trained tokenizer + a random-init tiny GPT checkpoint) built once
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,40 @@ def ray_session():
     except Exception:  # noqa: BLE001 - serve may never have started
         pass
     ray.shutdown()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it; a test binds it soon after)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def scraping(url: str, needle: str, on_hit=None, interval: float = 0.05):
+    """Scrape `url` in a background thread while the block runs. Yields the list of bodies that contained
+    `needle` (filled as they come); `on_hit(body)` runs in the thread right after each, while the server is up."""
+    hits, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                body = urllib.request.urlopen(url, timeout=1).read().decode()
+                if needle in body:
+                    hits.append(body)
+                    if on_hit is not None:
+                        on_hit(body)
+            except OSError:
+                pass
+            time.sleep(interval)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield hits
+    finally:
+        stop.set()
+        t.join(timeout=5)
 
 
 def tiny_gpt(vocab_size: int, seq_len: int = 64, depth: int = 2, width: int = 64, seed: int = 0):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import free_port
 
 from raychat.common import RaychatError
 from raychat.evals import chatcore, evaluate_bpb, run_chat_eval
@@ -255,9 +255,7 @@ def _dist_worker(rank, world, port, out_dir):
 def test_two_ranks_reduce(tmp_path, shared_data):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_dist_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
     single = run_categorical_eval(MMLU("dev"), TOK, LetterModel("A"), max_problems=21, progress=False)
     for rank in (0, 1):

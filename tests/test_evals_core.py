@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import free_port
 
 from raychat.common import RaychatError
 from raychat.evals.bundle import EVAL_BUNDLE_URL, download_eval_bundle, find_eval_bundle, load_bundle
@@ -381,14 +382,10 @@ def _dist_worker(rank, world, port, bundle, out_dir):
 
 @pytest.mark.slow
 def test_two_ranks_agree_with_one(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
     bundle = make_bundle(tmp_path / "b")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_dist_worker, args=(2, port, str(bundle), str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in (0, 1):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == pytest.approx(EXPECTED)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import copy
 import io
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import free_port
 from test_optim_fakes import FakeGPT, batch
 
 from raychat.common import RaychatError
@@ -78,9 +78,7 @@ def test_training_reduces_loss_and_uses_no_collectives_at_world_size_1(monkeypat
     """One code path: at world size 1 (even with an initialised group of size 1) no collective runs."""
     def forbidden(*args, **kwargs):
         raise AssertionError("a collective was called at world size 1")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         for name in ("reduce_scatter_single", "all_gather_single", "all_reduce", "reduce_scatter_tensor",

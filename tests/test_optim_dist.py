@@ -10,12 +10,12 @@ uninterrupted run exactly.
 from __future__ import annotations
 
 import io
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from test_optim_fakes import FakeGPT, batch
 
 from raychat.optim import build_optimizer, muon_momentum
@@ -82,9 +82,7 @@ def _worker(rank, world, port, out_dir):
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_single_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_worker, args=(WORLD, port, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
