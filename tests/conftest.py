@@ -86,6 +86,24 @@ def scraping(url: str, needle: str, on_hit=None, interval: float = 0.05):
         t.join(timeout=5)
 
 
+def jittered_gpt(cfg, scale: float, seed: int = 0):
+    """A GPT on CPU with the model's own init, then every parameter moved by `scale` * N(0, 1): the init zeroes
+    output projections, gates and lambdas, and a test of every path needs them all non-trivial."""
+    import torch
+
+    from raychat.model import GPT
+
+    torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
 def tiny_gpt(vocab_size: int, seq_len: int = 64, depth: int = 2, width: int = 64, seed: int = 0):
     """A random-init tiny GPT (head dim 32, full attention) whose zero-initialised output projections are given
     small random values, so positions get distinct logits (a fresh init would make every block the identity)."""
