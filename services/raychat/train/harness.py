@@ -64,9 +64,8 @@ class LocalContext:
     """The context without Ray: one process, or one of torchrun's (process group from its env vars)."""
 
     def __init__(self, resume_from: Path | None = None):
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        info = get_dist_info()
+        self.world_size, self.rank, self.local_rank = info.world_size, info.rank, info.local_rank
         if self.world_size > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
@@ -131,7 +130,7 @@ def launch(stage: str, cfg, *, resume: bool = False, no_ray: bool = False, addre
     from raychat.checkpoint import latest_checkpoint
 
     module, ckpt_dir = STAGES[stage]
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if no_ray else cfg.num_workers
+    world_size = get_dist_info().world_size if no_ray else cfg.num_workers
     cfg = importlib.import_module(module).preflight(resolve_paths(cfg), resume, world_size)
     run_dir = Path(cfg.run_dir)
     resume_from = latest_checkpoint(run_dir / "checkpoints" / ckpt_dir) if resume else None
