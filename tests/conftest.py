@@ -86,9 +86,8 @@ def scraping(url: str, needle: str, on_hit=None, interval: float = 0.05):
         t.join(timeout=5)
 
 
-def jittered_gpt(cfg, scale: float, seed: int = 0):
-    """A GPT on CPU with the model's own init, then every parameter moved by `scale` * N(0, 1): the init zeroes
-    output projections, gates and lambdas, and a test of every path needs them all non-trivial."""
+def fresh_gpt(cfg, seed: int = 0):
+    """A GPT on CPU with the model's own init (seeded)."""
     import torch
 
     from raychat.model import GPT
@@ -98,6 +97,15 @@ def jittered_gpt(cfg, scale: float, seed: int = 0):
         model = GPT(cfg)
     model.to_empty(device="cpu")
     model.init_weights()
+    return model
+
+
+def jittered_gpt(cfg, scale: float, seed: int = 0):
+    """fresh_gpt, then every parameter moved by `scale` * N(0, 1): the init zeroes output projections, gates and
+    lambdas, and a test of every path needs them all non-trivial."""
+    import torch
+
+    model = fresh_gpt(cfg, seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn_like(p))
@@ -109,15 +117,11 @@ def tiny_gpt(vocab_size: int, seq_len: int = 64, depth: int = 2, width: int = 64
     small random values, so positions get distinct logits (a fresh init would make every block the identity)."""
     import torch
 
-    from raychat.model import GPT, GPTConfig
+    from raychat.model import GPTConfig
 
     cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=width // 32,
                     n_kv_head=width // 32, n_embd=width, window_pattern="L")
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model.to_empty(device="cpu")
-    model.init_weights()
+    model = fresh_gpt(cfg, seed)
     with torch.no_grad():
         for b in model.blocks:
             b.attn.c_proj.weight.normal_(0, 0.02)
