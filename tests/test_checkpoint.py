@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import free_port, fresh_gpt
 
 from raychat.checkpoint import (
     latest_checkpoint,
@@ -21,17 +21,12 @@ from raychat.checkpoint import (
     save_checkpoint,
 )
 from raychat.common import RaychatError
-from raychat.model import GPT, GPTConfig
+from raychat.model import GPTConfig
 
 
 def _model(seed=0, **kw):
     cfg = GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=32, **kw)
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        m = GPT(cfg)
-    m.to_empty(device="cpu")
-    m.init_weights()
-    return m
+    return fresh_gpt(cfg, seed)
 
 
 def test_round_trip_with_optimizer_and_meta(tmp_path):
