@@ -3,7 +3,12 @@ directories (a trained tokenizer + a random-init tiny GPT checkpoint) built once
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -47,20 +52,76 @@ def ray_session():
     ray.shutdown()
 
 
-def tiny_gpt(vocab_size: int, seq_len: int = 64, depth: int = 2, width: int = 64, seed: int = 0):
-    """A random-init tiny GPT (head dim 32, full attention) whose zero-initialised output projections are given
-    small random values, so positions get distinct logits (a fresh init would make every block the identity)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it; a test binds it soon after)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def scraping(url: str, needle: str, on_hit=None, interval: float = 0.05):
+    """Scrape `url` in a background thread while the block runs. Yields the list of bodies that contained
+    `needle` (filled as they come); `on_hit(body)` runs in the thread right after each, while the server is up."""
+    hits, stop = [], threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                body = urllib.request.urlopen(url, timeout=1).read().decode()
+                if needle in body:
+                    hits.append(body)
+                    if on_hit is not None:
+                        on_hit(body)
+            except OSError:
+                pass
+            time.sleep(interval)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield hits
+    finally:
+        stop.set()
+        t.join(timeout=5)
+
+
+def fresh_gpt(cfg, seed: int = 0):
+    """A GPT on CPU with the model's own init (seeded)."""
     import torch
 
-    from raychat.model import GPT, GPTConfig
+    from raychat.model import GPT
 
-    cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=width // 32,
-                    n_kv_head=width // 32, n_embd=width, window_pattern="L")
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = GPT(cfg)
     model.to_empty(device="cpu")
     model.init_weights()
+    return model
+
+
+def jittered_gpt(cfg, scale: float, seed: int = 0):
+    """fresh_gpt, then every parameter moved by `scale` * N(0, 1): the init zeroes output projections, gates and
+    lambdas, and a test of every path needs them all non-trivial."""
+    import torch
+
+    model = fresh_gpt(cfg, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+def tiny_gpt(vocab_size: int, seq_len: int = 64, depth: int = 2, width: int = 64, seed: int = 0):
+    """A random-init tiny GPT (head dim 32, full attention) whose zero-initialised output projections are given
+    small random values, so positions get distinct logits (a fresh init would make every block the identity)."""
+    import torch
+
+    from raychat.model import GPTConfig
+
+    cfg = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=width // 32,
+                    n_kv_head=width // 32, n_embd=width, window_pattern="L")
+    model = fresh_gpt(cfg, seed)
     with torch.no_grad():
         for b in model.blocks:
             b.attn.c_proj.weight.normal_(0, 0.02)

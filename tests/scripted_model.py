@@ -12,6 +12,9 @@ How it remembers the sequence: it writes each token id into its KV cache (layer 
 token's position, exactly where a real model writes the token's key. Everything the engine does to the cache
 (prefill into a slot, row copies for num_samples, views of a row range, resets) therefore carries the history
 along, and a bug there shows up as a wrong continuation, as it would with the real model.
+
+`scripted(text or ids)` is the usual one: byte-level tokenizer `TOK`, triggered by <|assistant_start|>, tool
+outputs skipped; `A_START`, `A_END`, `PY_S`, `PY_E`, `OUT_S`, `OUT_E` are the special token ids tests script with.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
+
+from raychat.tokenizer import Tokenizer
+
+TOK = Tokenizer.byte_level()
+SP = TOK.special_id
+A_START, A_END = SP("<|assistant_start|>"), SP("<|assistant_end|>")
+PY_S, PY_E, OUT_S, OUT_E = SP("<|python_start|>"), SP("<|python_end|>"), SP("<|output_start|>"), SP("<|output_end|>")
 
 
 class ScriptedModel(nn.Module):
@@ -85,3 +95,9 @@ class ScriptedModel(nn.Module):
         kv_cache.seqlens += T
         logits = torch.stack(out)  # (B, T, V)
         return logits[:, -1:] if last_only else logits
+
+
+def scripted(text_or_ids, **kw) -> ScriptedModel:
+    """A ScriptedModel that answers `text` (then <|assistant_end|>) or exactly the ids given."""
+    script = TOK.encode(text_or_ids) + [A_END] if isinstance(text_or_ids, str) else text_or_ids
+    return ScriptedModel(TOK.vocab_size, script, A_START, skip_span=(OUT_S, OUT_E), **kw)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -146,15 +148,10 @@ def test_every_gsm8k_annotation_reproduces(shared_data):
     assert n == 23716
 
 
-def test_the_calculator_imports_without_torch():
-    """Regression: the serving app's calculator child runs under a 512 MiB address-space limit; importing
-    raychat.tools pulled torch in through the sandbox module and the child died of memory."""
-    import subprocess
-    import sys
-
-    code = "import sys, raychat.tools.calculator, raychat.tools; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False", out
-    from raychat.tools import SandboxUnavailable  # the sandbox's names still resolve, on first use
-
-    assert SandboxUnavailable.__name__ == "SandboxUnavailable"
+def test_importing_the_calculator_loads_no_torch():
+    """The serving replica runs the calculator in a child under a 512 MiB address-space limit
+    (serve/tool_worker.py): importing torch there fails (OpenBLAS cannot allocate), and the tool was
+    `unavailable` for every call. The calculator and its package stay standard-library only."""
+    code = "import sys, raychat.tools.calculator; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import torch
-from scripted_model import ScriptedModel
+from scripted_model import A_END, OUT_E, OUT_S, PY_E, PY_S, TOK, scripted
 
 from raychat.chat import (
     MIN_TEMPERATURE,
@@ -22,18 +22,9 @@ from raychat.chat import (
 from raychat.engine import AsyncEngine, Engine, SamplingParams
 from raychat.engine.sampling import sample_rows
 from raychat.engine.sequence import TokenEvent
-from raychat.tokenizer import Tokenizer
 
-TOK = Tokenizer.byte_level()
-SP = TOK.special_id
-A_START, A_END = SP("<|assistant_start|>"), SP("<|assistant_end|>")
-PY_S, PY_E, OUT_S, OUT_E = SP("<|python_start|>"), SP("<|python_end|>"), SP("<|output_start|>"), SP("<|output_end|>")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=200)
 MSGS = [{"role": "user", "content": "what is (2+3)*4?"}]
-
-
-def scripted(script) -> ScriptedModel:
-    return ScriptedModel(TOK.vocab_size, script, A_START, skip_span=(OUT_S, OUT_E))
 
 
 def test_reply_assembler_utf8_and_tool_segments():

@@ -5,12 +5,12 @@ import datetime
 import errno
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port, fresh_gpt
 
 from raychat.checkpoint import (
     latest_checkpoint,
@@ -21,17 +21,12 @@ from raychat.checkpoint import (
     save_checkpoint,
 )
 from raychat.common import RaychatError
-from raychat.model import GPT, GPTConfig
+from raychat.model import GPTConfig
 
 
 def _model(seed=0, **kw):
     cfg = GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=32, **kw)
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        m = GPT(cfg)
-    m.to_empty(device="cpu")
-    m.init_weights()
-    return m
+    return fresh_gpt(cfg, seed)
 
 
 def test_round_trip_with_optimizer_and_meta(tmp_path):
@@ -209,9 +204,7 @@ def _save_worker(rank, world, port, root, out):
 @pytest.mark.slow
 def test_ranks_agree_on_a_failed_save(tmp_path):
     """Rank 1's disk is full: both ranks raise, naming rank 1 (no rank waits at a barrier for a rank that failed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     root = tmp_path / "ckpt"
     mp.spawn(_save_worker, args=(2, port, str(root), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = ((tmp_path / f"rank{r}.txt").read_text() for r in range(2))

@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scripted_model import ScriptedModel
+from scripted_model import A_END, OUT_E, OUT_S, PY_E, PY_S, TOK, scripted
 
 from raychat.common import RaychatError
 from raychat.engine import ContextLengthError, Engine, SamplingParams
 from raychat.engine.sampling import reference_probs, sample_rows
-from raychat.tokenizer import Tokenizer
-
-TOK = Tokenizer.byte_level()
-SP = TOK.special_id
-A_START, A_END = SP("<|assistant_start|>"), SP("<|assistant_end|>")
-PY_S, PY_E, OUT_S, OUT_E = SP("<|python_start|>"), SP("<|python_end|>"), SP("<|output_start|>"), SP("<|output_end|>")
-
-
-def scripted(text_or_ids, **kw) -> ScriptedModel:
-    script = TOK.encode(text_or_ids) + [A_END] if isinstance(text_or_ids, str) else text_or_ids
-    return ScriptedModel(TOK.vocab_size, script, A_START, skip_span=(OUT_S, OUT_E), **kw)
 
 
 def prompt(text: str = "hi") -> list[int]:

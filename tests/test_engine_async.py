@@ -5,21 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from scripted_model import ScriptedModel
+from scripted_model import A_END, TOK, scripted
 
 from raychat.engine import AsyncEngine, ContextLengthError, Engine, SamplingParams
 from raychat.engine.sequence import TokenEvent
-from raychat.tokenizer import Tokenizer
 
-TOK = Tokenizer.byte_level()
-SP = TOK.special_id
-A_START, A_END = SP("<|assistant_start|>"), SP("<|assistant_end|>")
-PY_S, PY_E, OUT_S, OUT_E = SP("<|python_start|>"), SP("<|python_end|>"), SP("<|output_start|>"), SP("<|output_end|>")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=200)
-
-
-def scripted(script) -> ScriptedModel:
-    return ScriptedModel(TOK.vocab_size, script, A_START, skip_span=(OUT_S, OUT_E))
 
 
 def prompt(text="hi"):

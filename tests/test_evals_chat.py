@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import free_port, jittered_gpt
 
 from raychat.common import RaychatError
 from raychat.evals import chatcore, evaluate_bpb, run_chat_eval
@@ -55,18 +55,10 @@ def test_bpb_by_hand():
 
 
 def _tiny_gpt(seq_len=64):
-    from raychat.model import GPT, GPTConfig
+    from raychat.model import GPTConfig
 
-    torch.manual_seed(0)
     cfg = GPTConfig(sequence_len=seq_len, vocab_size=V, n_layer=2, n_head=2, n_kv_head=2, n_embd=64, window_pattern="L")
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return jittered_gpt(cfg, 0.05).eval()
 
 
 def test_bpb_matches_direct_computation():
@@ -255,9 +247,7 @@ def _dist_worker(rank, world, port, out_dir):
 def test_two_ranks_reduce(tmp_path, shared_data):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_dist_worker, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")
     single = run_categorical_eval(MMLU("dev"), TOK, LetterModel("A"), max_problems=21, progress=False)
     for rank in (0, 1):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import free_port, jittered_gpt
 
 from raychat.common import RaychatError
 from raychat.evals.bundle import EVAL_BUNDLE_URL, download_eval_bundle, find_eval_bundle, load_bundle
@@ -341,18 +342,10 @@ def _reference_accuracy(model, spec, data, max_seq_len):
 
 @pytest.mark.slow
 def test_batched_matches_one_item_at_a_time(shared_data):
-    from raychat.model import GPT, GPTConfig
+    from raychat.model import GPTConfig
 
-    torch.manual_seed(0)
     cfg = GPTConfig(sequence_len=128, vocab_size=V, n_layer=2, n_head=2, n_kv_head=2, n_embd=64, window_pattern="L")
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model.to_empty(device="cpu")
-    model.init_weights()
-    with torch.no_grad():   # the default init zeroes output projections: make predictions differ by position
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    model.eval()
+    model = jittered_gpt(cfg, 0.05).eval()  # predictions that differ by position
     labels = ["copa", "winogrande", "lambada_openai", "arc_easy"]
     r = evaluate_core(model, TOK, shared_data / "eval_bundle", max_per_task=10, tasks=labels, progress=False)
     assert r["results"]["copa"] not in (0.0, 1.0)
@@ -381,14 +374,10 @@ def _dist_worker(rank, world, port, bundle, out_dir):
 
 @pytest.mark.slow
 def test_two_ranks_agree_with_one(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
     bundle = make_bundle(tmp_path / "b")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_dist_worker, args=(2, port, str(bundle), str(tmp_path)), nprocs=2, start_method="spawn")
     for rank in (0, 1):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == pytest.approx(EXPECTED)

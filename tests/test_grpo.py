@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import tiny_gpt
 from safetensors.torch import load_file
-from scripted_model import ScriptedModel
+from scripted_model import SP, TOK, scripted
 
 from raychat.cli import main as cli_main
+from raychat.data import rows_to_batch
 from raychat.engine import Completion, Engine
 from raychat.tasks import SimpleArithmetic
-from raychat.tokenizer import Tokenizer
 from raychat.train.config import GRPOConfig, SFTConfig, get_preset
 from raychat.train.grpo import (
     PromptSampler,
@@ -27,14 +27,8 @@ from raychat.train.grpo import (
     rollout,
     train,
 )
-from raychat.train.harness import LocalContext, rows_to_batch
+from raychat.train.harness import LocalContext
 from raychat.train.sft import train as sft_train
-
-TOK = Tokenizer.byte_level()
-SP = TOK.special_id
-
-
-
 
 
 def rl_cfg(run_dir: Path, **kw) -> GRPOConfig:
@@ -97,8 +91,7 @@ def test_rollout_masks_forced_tool_output_and_rewards():
     sequence (the model reads them) but carry no loss; the sampled ones and the stop token do."""
     script = ([SP("<|python_start|>")] + TOK.encode("2+3") + [SP("<|python_end|>")] + TOK.encode(" #### 5")
               + [SP("<|assistant_end|>")])
-    model = ScriptedModel(TOK.vocab_size, script, SP("<|assistant_start|>"),
-                          skip_span=(SP("<|output_start|>"), SP("<|output_end|>")), peak=40.0, noise=0.0)
+    model = scripted(script, peak=40.0, noise=0.0)
     engine = Engine(model, TOK, max_batch_size=8)
     task = SimpleArithmetic(size=50, max_operand=4)
     idx = next(i for i in range(50) if task[i]["messages"][1]["content"][-1]["text"] == "#### 5")

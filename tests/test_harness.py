@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port, scraping
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,45 +214,26 @@ def test_deterministic_errors_end_in_the_driver_before_any_worker(argv, message,
 def test_training_metrics_are_scraped_from_the_configured_address(tmp_path, tiny_run_dir, shared_data):
     """rank 0 binds --metrics-host (here 127.0.0.2, still loopback): a scraper there sees the training gauges
     while a short pretraining runs; nothing listens on 127.0.0.1."""
-    import socket
-    import threading
-    import time
-    import urllib.request
-
     from raychat.train.config import PretrainConfig
     from raychat.train.harness import LocalContext
     from raychat.train.metrics import METRIC_NAMES
     from raychat.train.pretrain import train
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.2", 0))
-        port = s.getsockname()[1]
+    port = free_port("127.0.0.2")
     run = _one_run(tmp_path, tiny_run_dir, stages=())
     cfg = PretrainConfig(run_dir=str(run), data_dir=str(shared_data / "pretrain"), depth=2, aspect_ratio=32,
                          head_dim=32, seq_len=64, window_pattern="L", device_batch_size=4, total_batch_size=256,
                          num_iterations=40, eval_every=-1, eval_tokens=512, sample_every=-1, log_every=1,
                          num_threads=1, metrics_port=port, metrics_host="127.0.0.2")
-    scraped, refused, stop = [], [], threading.Event()
+    refused = []
 
-    def scrape():
-        while not stop.is_set():
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=1).read().decode()
-                if 'raychat_train_loss{stage="pretrain"}' in body:
-                    scraped.append(body)
-                    with socket.socket() as c:
-                        refused.append(c.connect_ex(("127.0.0.1", port)) != 0)
-            except OSError:
-                pass
-            time.sleep(0.05)
+    def nothing_on_127_0_0_1(_body):
+        with socket.socket() as c:
+            refused.append(c.connect_ex(("127.0.0.1", port)) != 0)
 
-    t = threading.Thread(target=scrape, daemon=True)
-    t.start()
-    try:
+    with scraping(f"http://127.0.0.2:{port}/metrics", 'raychat_train_loss{stage="pretrain"}',
+                  on_hit=nothing_on_127_0_0_1) as scraped:
         train(cfg, LocalContext())
-    finally:
-        stop.set()
-        t.join(timeout=5)
     assert scraped, "no scrape from 127.0.0.2 saw the training gauges"
     assert all(refused)
     for name in ("raychat_train_loss", "raychat_train_tokens_per_second", "raychat_train_mfu",

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import fresh_gpt
 
 from raychat.model import GPT, GPTConfig, KVCache, config_for_depth, model_card
 from raychat.model.attention import attend, select_backend
@@ -19,11 +20,7 @@ def tiny_config(**kw):
 
 
 def make_model(cfg, seed=0):
-    torch.manual_seed(seed)
-    with torch.device("meta"):
-        m = GPT(cfg)
-    m.to_empty(device="cpu")
-    m.init_weights()
+    m = fresh_gpt(cfg, seed)
     # give the zero-initialised parts non-trivial values so every path is exercised
     with torch.no_grad():
         for b in m.blocks:
@@ -233,11 +230,7 @@ def test_kv_cache_overflow_is_a_clear_error():
 
 def test_init_loss_is_log_vocab_and_blocks_start_as_identity():
     cfg = tiny_config(vocab_size=512)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        m = GPT(cfg)
-    m.to_empty(device="cpu")
-    m.init_weights()
+    m = fresh_gpt(cfg)
     idx = torch.randint(0, 512, (4, 32))
     loss = m(idx, idx)
     assert abs(loss.item() - math.log(512)) < 0.05

@@ -5,32 +5,15 @@ from __future__ import annotations
 
 import copy
 import io
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-from test_optim_fakes import FakeGPT, batch
+from conftest import free_port
+from test_optim_fakes import FakeGPT, batch, train_steps
 
 from raychat.common import RaychatError
-from raychat.optim import MuonAdamW, build_optimizer, muon_momentum
-
-
-def _train(model, opt, steps, start=0):
-    losses = []
-    for step in range(start, start + steps):
-        x, y = batch(step)
-        loss = model(x, y)
-        loss.backward()
-        for group in opt.param_groups:          # schedules, the way the training loop drives them
-            group["lr"] = group["initial_lr"] * (1.0 - 0.02 * step)
-            if group["kind"] == "muon":
-                group["momentum"] = muon_momentum(step * 50)
-                group["weight_decay"] = 0.1 * (1.0 - 0.02 * step)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses
+from raychat.optim import MuonAdamW, build_optimizer
 
 
 def test_build_optimizer_groups_and_learning_rates():
@@ -90,9 +73,7 @@ def test_training_reduces_loss_and_uses_no_collectives_at_world_size_1(monkeypat
     """One code path: at world size 1 (even with an initialised group of size 1) no collective runs."""
     def forbidden(*args, **kwargs):
         raise AssertionError("a collective was called at world size 1")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         for name in ("reduce_scatter_single", "all_gather_single", "all_reduce", "reduce_scatter_tensor",
@@ -122,10 +103,10 @@ def test_training_reduces_loss_and_uses_no_collectives_at_world_size_1(monkeypat
 def test_state_dict_round_trip_gives_identical_next_steps():
     model = FakeGPT()
     opt = build_optimizer(model, weight_decay=0.1)
-    _train(model, opt, 3)
+    train_steps(model, opt, 0, 3)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, buf)
-    _train(model, opt, 3, start=3)                          # the uninterrupted run
+    train_steps(model, opt, 3, 6)                          # the uninterrupted run
 
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=True)               # what a checkpoint file gives back
@@ -134,7 +115,7 @@ def test_state_dict_round_trip_gives_identical_next_steps():
     resumed.load_state_dict(ckpt["model"])
     opt2 = build_optimizer(resumed, weight_decay=0.1)
     opt2.load_state_dict(ckpt["optim"])
-    _train(resumed, opt2, 3, start=3)
+    train_steps(resumed, opt2, 3, 6)
     for (name, a), b in zip(model.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name
     assert opt2.state[resumed.wte.weight]["step"] == 6
@@ -143,8 +124,18 @@ def test_state_dict_round_trip_gives_identical_next_steps():
 def test_loading_another_ranks_state_is_a_clear_error():
     model = FakeGPT()
     opt = build_optimizer(model)
-    _train(model, opt, 1)
+    train_steps(model, opt, 0, 1)
     sd = copy.deepcopy(opt.state_dict())
     sd["sharding"] = {"rank": 1, "world_size": 2}
     with pytest.raises(RaychatError, match="rank 1 of 2.*same world size"):
         build_optimizer(FakeGPT()).load_state_dict(sd)
+
+
+def test_torchrun_env_without_a_process_group_means_world_size_1(monkeypatch):
+    """RANK/WORLD_SIZE set (torchrun before init_process_group) cannot all-reduce: the optimizer stays unsharded."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    model = FakeGPT()
+    opt = build_optimizer(model)
+    train_steps(model, opt, 0, 1)
+    assert opt.state_dict()["sharding"] == {"rank": 0, "world_size": 1}

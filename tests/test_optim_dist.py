@@ -10,15 +10,15 @@ uninterrupted run exactly.
 from __future__ import annotations
 
 import io
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_optim_fakes import FakeGPT, batch
+from conftest import free_port
+from test_optim_fakes import FakeGPT, train_steps
 
-from raychat.optim import build_optimizer, muon_momentum
+from raychat.optim import build_optimizer
 
 WORLD, STEPS, RESUME_AT = 2, 6, 3
 # fp64: elementwise to 1e-10. fp32: relative Frobenius error per parameter. An elementwise fp32 bound would
@@ -26,21 +26,6 @@ WORLD, STEPS, RESUME_AT = 2, 6, 3
 # amplifies round-off in directions with tiny singular values ~1000x, and NorMuon's per-row normalisation
 # can then turn a row that is mostly such directions into a full-size step (seen: 1e-3 on one entry).
 DTYPES = {"float64": (torch.float64, 1e-10), "float32": (torch.float32, 5e-4)}
-
-
-def _run(model, opt, rank, world, start, stop):
-    for step in range(start, stop):
-        x, y = batch(step)                                  # the global batch, (8, 16)
-        b = x.shape[0] // world
-        loss = model(x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b])
-        loss.backward()
-        for group in opt.param_groups:
-            group["lr"] = group["initial_lr"] * (1.0 - 0.05 * step)
-            if group["kind"] == "muon":
-                group["momentum"] = muon_momentum(step * 60)
-                group["weight_decay"] = 0.2 * (1.0 - 0.1 * step)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
 
 def _state_shapes(model, opt):
@@ -57,10 +42,10 @@ def _worker(rank, world, port, out_dir):
         for key, (dtype, _) in DTYPES.items():
             model = FakeGPT(dtype=dtype)
             opt = build_optimizer(model, weight_decay=0.2)
-            _run(model, opt, rank, world, 0, RESUME_AT)
+            train_steps(model, opt, 0, RESUME_AT, rank, world)
             ckpt = io.BytesIO()                             # this rank's checkpoint "file"
             torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, ckpt)
-            _run(model, opt, rank, world, RESUME_AT, STEPS)
+            train_steps(model, opt, RESUME_AT, STEPS, rank, world)
 
             ckpt.seek(0)
             loaded = torch.load(ckpt, weights_only=True)
@@ -68,7 +53,7 @@ def _worker(rank, world, port, out_dir):
             resumed.load_state_dict(loaded["model"])
             opt2 = build_optimizer(resumed, weight_decay=0.2)
             opt2.load_state_dict(loaded["optim"])
-            _run(resumed, opt2, rank, world, RESUME_AT, STEPS)
+            train_steps(resumed, opt2, RESUME_AT, STEPS, rank, world)
             results[key] = {
                 "final": {n: p.detach().clone() for n, p in model.named_parameters()},
                 "resumed": {n: p.detach().clone() for n, p in resumed.named_parameters()},
@@ -82,15 +67,13 @@ def _worker(rank, world, port, out_dir):
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_single_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_worker, args=(WORLD, port, str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     for key, (dtype, tol) in DTYPES.items():
         ref = FakeGPT(dtype=dtype)                          # single process, whole batch, no process group
-        _run(ref, build_optimizer(ref, weight_decay=0.2), 0, 1, 0, STEPS)
+        train_steps(ref, build_optimizer(ref, weight_decay=0.2), 0, STEPS)
         init = dict(FakeGPT(dtype=dtype).named_parameters())
         r0, r1 = ranks[0][key], ranks[1][key]
         for name, p in ref.named_parameters():

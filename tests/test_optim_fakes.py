@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raychat.optim import muon_momentum
 from raychat.optim.optimizer import MIN_SHARD_NUMEL
 
 
@@ -87,6 +88,26 @@ def batch(step: int, B: int = 8, T: int = 16, vocab: int = 96) -> tuple[torch.Te
     g = torch.Generator().manual_seed(1000 + step)
     x = torch.randint(0, vocab, (B, T + 1), generator=g)
     return x[:, :-1].contiguous(), x[:, 1:].contiguous()
+
+
+def train_steps(model, opt, start: int, stop: int, rank: int = 0, world: int = 1) -> list[float]:
+    """Steps start..stop-1 on this rank's slice of each global batch, with lr, Muon momentum and weight-decay
+    schedules set the way the training loop drives them; the losses."""
+    losses = []
+    for step in range(start, stop):
+        x, y = batch(step)                                  # the global batch, (8, 16)
+        b = x.shape[0] // world
+        loss = model(x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b])
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * (1.0 - 0.05 * step)
+            if group["kind"] == "muon":
+                group["momentum"] = muon_momentum(step * 60)
+                group["weight_decay"] = 0.2 * (1.0 - 0.1 * step)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
 
 
 def test_fake_gpt_groups_cover_every_parameter_once():

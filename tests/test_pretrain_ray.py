@@ -4,22 +4,13 @@ same losses as before the crash. Prometheus metrics are scraped from rank 0 whil
 
 import json
 import shutil
-import socket
-import threading
-import time
-import urllib.request
 
 import pytest
+from conftest import free_port, scraping
 
 from raychat.train.config import PretrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_workers_survive_a_killed_worker_and_resume_exactly(ray_session, tiny_run_dir, shared_data, tmp_path,
@@ -28,7 +19,7 @@ def test_two_workers_survive_a_killed_worker_and_resume_exactly(ray_session, tin
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir / "tokenizer", run / "tokenizer")
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("RAYCHAT_METRICS_PORT", str(port))
     monkeypatch.setenv("RAYCHAT_FAULT_AT_STEP", "6")
     monkeypatch.setenv("RAYCHAT_FAULT_MARKER", str(tmp_path / "killed"))
@@ -37,27 +28,9 @@ def test_two_workers_survive_a_killed_worker_and_resume_exactly(ray_session, tin
                          num_iterations=10, eval_every=-1, eval_tokens=1024, sample_every=-1, save_every=4,
                          log_every=1, num_workers=2, scale_lr=False)
 
-    scraped = []
-    stop = threading.Event()
-
-    def scrape():
-        while not stop.is_set():
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-                if 'raychat_train_step{stage="pretrain"}' in body:
-                    scraped.append(body)
-            except OSError:
-                pass
-            time.sleep(0.5)
-
-    t = threading.Thread(target=scrape, daemon=True)
-    t.start()
-    try:
+    with scraping(f"http://127.0.0.1:{port}/metrics", 'raychat_train_step{stage="pretrain"}', interval=0.5) as scraped:
         result = run_job("raychat.train.pretrain", cfg, num_workers=2, use_gpu=False, name="fault-test",
                          storage_path=run / "ray", max_failures=2, num_to_keep=2)
-    finally:
-        stop.set()
-        t.join(timeout=5)
     assert result.error is None
     assert (tmp_path / "killed").read_text().startswith("killed rank 1 at step 6")
     ev = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

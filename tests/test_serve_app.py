@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 import websockets
+from conftest import free_port
 
 from raychat.serve.metrics import METRIC_NAMES
 
@@ -26,12 +27,6 @@ MAX_INFLIGHT = 40
 MAX_FRAME = 16_384
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(ray_session, tiny_run_dir):
     from ray import serve
@@ -41,7 +36,7 @@ def served(ray_session, tiny_run_dir):
     from raychat.serve.protocol import Limits
 
     serve.shutdown()  # another module's app (other port) must not be reused
-    cfg = ServeConfig(run_dir=str(tiny_run_dir), stage="sft", port=_free_port(), api_key=KEY, num_cpus=0.5,
+    cfg = ServeConfig(run_dir=str(tiny_run_dir), stage="sft", port=free_port(), api_key=KEY, num_cpus=0.5,
                       ingress_cpus=0.25, max_batch_size=4,
                       limits=Limits(max_concurrent_requests=MAX_INFLIGHT, max_messages=8, max_message_chars=2000,
                                     max_total_chars=3000, max_frame_bytes=MAX_FRAME,

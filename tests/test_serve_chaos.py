@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import threading
 import time
 
 import httpx
 import pytest
 import uvicorn
+from conftest import free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -30,12 +30,6 @@ CONCURRENCY = 24
 MAX_BATCH = 4
 MSGS = [{"role": "user", "content": "Tell me about the sea."}]
 BEHAVIOURS = ("complete", "vanish_before_first", "vanish_mid", "stop", "vanish_after_stop", "slow_reader")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RoutedStream:
@@ -102,7 +96,7 @@ def server(tiny_run_dir):
     limits = Limits(max_concurrent_requests=64, max_concurrent_per_client=0, max_connections_per_client=0,
                     ws_idle_timeout_s=3.0, default_max_tokens=16)
     cfg = ServeConfig(run_dir=str(tiny_run_dir), stage="sft", max_batch_size=MAX_BATCH, limits=limits,
-                      port=_free_port())
+                      port=free_port())
     svc = ChatService.load(cfg)
     app = build_api(cfg, RoutedClient(svc))
     srv = uvicorn.Server(uvicorn.Config(cancel_on_disconnect(app), host="127.0.0.1", port=cfg.port,
@@ -213,8 +207,8 @@ def test_clients_vanishing_at_random_leave_nothing_behind(server):
     counts = asyncio.run(chaos(base))
     assert sum(counts.values()) == N_REQUESTS and len(counts) >= 15  # every kind met most behaviours
     deadline = time.monotonic() + 30
-    while api.gate.inflight or api.connections.total or svc.stats()["running"] or svc.stats()["waiting"]:
-        assert time.monotonic() < deadline, (api.gate.inflight, api.connections.total, svc.stats())
+    while api.gate.total or api.connections.total or svc.stats()["running"] or svc.stats()["waiting"]:
+        assert time.monotonic() < deadline, (api.gate.total, api.connections.total, svc.stats())
         time.sleep(0.05)
     assert not api.gate.per_client and not api.connections.per_client
     assert svc.engine.stats()["free_slots"] == MAX_BATCH  # every KV-cache slot is free

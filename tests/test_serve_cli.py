@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 
 from raychat.cli import main
 
@@ -42,9 +42,7 @@ def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_serve_command_serves_and_drains_on_sigterm(tiny_run_dir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, RAYCHAT_API_KEY="cli-key", RAY_USAGE_STATS_ENABLED="0", RAY_DEDUP_LOGS="0")
     env.pop("RAY_ADDRESS", None)  # its own local Ray, not the test session's
     proc = subprocess.Popen([sys.executable, "-m", "raychat.cli", "serve", "--run-dir", str(tiny_run_dir),

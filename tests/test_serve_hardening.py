@@ -45,7 +45,7 @@ def test_cancel_while_routing_releases_the_slot_and_cancels_the_engine_stream(tm
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert api.gate.inflight == 0 and not api.gate.per_client
+        assert api.gate.total == 0 and not api.gate.per_client
         assert all(s.cancelled for s in fake.streams) and len(fake.streams) == 16
         fake.first_delay = 0.0  # four fresh requests all get a slot
         streams = [TokenStream(api, CHAT, f"10.0.0.{i}") for i in range(4)]
@@ -65,7 +65,7 @@ def test_sse_closed_before_its_body_starts_still_frees_the_slot(tmp_path):
     async def main():
         ts = TokenStream(api, CHAT, "c")
         await ts.open()
-        assert api.gate.inflight == 1
+        assert api.gate.total == 1
 
         async def send(_msg):
             raise OSError("client gone")  # the very first send (the headers) fails: the body never runs
@@ -75,7 +75,7 @@ def test_sse_closed_before_its_body_starts_still_frees_the_slot(tmp_path):
 
         with pytest.raises(ClientDisconnect):
             await _SSEResponse(ts, ts.__aiter__())({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
-        assert api.gate.inflight == 0
+        assert api.gate.total == 0
 
     asyncio.run(main())
 

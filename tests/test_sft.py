@@ -15,10 +15,11 @@ from conftest import tiny_gpt
 from safetensors.torch import load_file
 
 from raychat.cli import main as cli_main
+from raychat.data import rows_to_batch
 from raychat.tasks import SimpleArithmetic
 from raychat.tokenizer import Tokenizer
 from raychat.train.config import SFTConfig, get_preset
-from raychat.train.harness import LocalContext, rows_to_batch
+from raychat.train.harness import LocalContext
 from raychat.train.sft import ConversationLoader, build_mixture, masked_loss_sum, train
 
 TOK = Tokenizer.byte_level()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from raychat.common import RaychatError, code_version
+from raychat.common import RaychatError, code_version, get_dist_info
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 STAGES = ("base", "sft", "rl")
@@ -39,9 +39,10 @@ def _gather_errors(error: str | None) -> list[str | None]:
     """Every rank's error (None = ok), on every rank: a barrier that also carries what went wrong where."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    world = get_dist_info(initialized_only=True).world_size
+    if world == 1:
         return [error]
-    out: list = [None] * dist.get_world_size()
+    out: list = [None] * world
     dist.all_gather_object(out, error)
     return out
 

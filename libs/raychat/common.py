@@ -96,12 +96,17 @@ class DistInfo:
         return self.rank == 0
 
 
-def get_dist_info() -> DistInfo:
-    """Rank info from an initialised process group, else from torchrun-style env vars, else single process."""
+def get_dist_info(initialized_only: bool = False) -> DistInfo:
+    """Rank info from an initialised process group, else from torchrun-style env vars, else single process.
+
+    `initialized_only=True` skips the env vars: for callers about to run a collective, which RANK/WORLD_SIZE
+    alone (set before init_process_group, or left over from a launcher) cannot serve."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), dist.get_world_size())
+    if initialized_only:
+        return DistInfo(0, 0, 1)
     return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
                     int(os.environ.get("WORLD_SIZE", 1)))
 

@@ -54,6 +54,7 @@ class Progress:
         self._lock = threading.Lock()
         self._closed = False
         self._drawn_full = False
+        self._dirty = True        # state changed since the last line written (nothing written yet)
         try:
             self._tty = self.file.isatty()
         except (AttributeError, ValueError):
@@ -63,6 +64,7 @@ class Progress:
     def update(self, n: float = 1, **postfix) -> None:
         with self._lock:
             self.n += n
+            self._dirty = True
             if postfix:
                 self.postfix.update(postfix)
             now = time.monotonic()
@@ -75,6 +77,7 @@ class Progress:
     def set_postfix(self, **postfix) -> None:
         with self._lock:
             self.postfix.update(postfix)
+            self._dirty = True
 
     def format(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -95,6 +98,7 @@ class Progress:
         return " ".join(parts)
 
     def _draw(self, final: bool) -> None:
+        self._dirty = False
         if self.disable:
             return
         line = self.format()
@@ -109,7 +113,9 @@ class Progress:
             if self._closed:
                 return
             self._closed = True
-            self._draw(final=True)
+            # a log line is final as written; a terminal line still needs its newline
+            if self._tty or self._dirty:
+                self._draw(final=True)
 
     def __enter__(self) -> Progress:
         return self

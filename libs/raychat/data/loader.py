@@ -1,4 +1,5 @@
-"""The pretraining loader: BOS-aligned best-fit packing, distributed by row group, exactly resumable.
+"""The pretraining loader: BOS-aligned best-fit packing, distributed by row group, exactly resumable; and
+`rows_to_batch`, the finetuning stages' padded batches of rendered conversations.
 
 Packing (nanochat's "BOS-aligned best-fit"): every document is tokenized as [<|bos|>, ...text]. A row has
 T+1 tokens (x = row[:-1], y = row[1:]), and is filled from a buffer of `buffer_size` documents by repeatedly
@@ -342,3 +343,18 @@ class PackedLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def rows_to_batch(rows: list[tuple[list[int], list[int]]], pad_id: int, width: int | None = None):
+    """The finetuning stages' batches. Rows of (ids, mask) -> x, y (B, T) int64 with y[t] = ids[t+1] where
+    mask[t+1] = 1 and -1 elsewhere (prompt tokens, tool outputs, padding). T = longest row - 1, or `width`."""
+    T = width if width is not None else max(len(ids) for ids, _ in rows) - 1
+    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T), -1, dtype=torch.long)
+    for i, (ids, mask) in enumerate(rows):
+        n = min(len(ids) - 1, T)
+        ids_t = torch.tensor(ids[: n + 1], dtype=torch.long)
+        m = torch.tensor(mask[1: n + 1], dtype=torch.bool)
+        x[i, :n] = ids_t[:-1]
+        y[i, :n] = torch.where(m, ids_t[1:], torch.full_like(ids_t[1:], -1))
+    return x, y

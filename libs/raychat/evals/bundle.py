@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from raychat.common import RaychatError, print0
+from raychat.common import RaychatError, get_dist_info, print0
 from raychat.data import registry
 from raychat.data.registry import EVAL_BUNDLE_URL
 
@@ -129,9 +129,10 @@ def find_eval_bundle(bundle_dir=None, download: bool = False, url: str = EVAL_BU
     `download=(rank == 0)`."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    info = get_dist_info(initialized_only=True)
+    if info.world_size > 1:
         box: list = [None]
-        if dist.get_rank() == 0:
+        if info.rank == 0:
             try:
                 box[0] = str(_find_eval_bundle(bundle_dir, download, url))
             except RaychatError as e:

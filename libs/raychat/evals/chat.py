@@ -33,16 +33,8 @@ BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0
 CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
 
 
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        info = get_dist_info()
-        return info.rank, info.world_size
-    return 0, 1
-
-
 def _reduce_counts(counts: list[int], device) -> list[int]:
-    rank, world = _rank_world()
-    if world == 1:
+    if get_dist_info(initialized_only=True).world_size == 1:
         return counts
     t = torch.tensor(counts, dtype=torch.long, device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
@@ -51,8 +43,8 @@ def _reduce_counts(counts: list[int], device) -> list[int]:
 
 def _problem_ids(task: Task, max_problems: int | None) -> list[int]:
     n = len(task) if max_problems is None else min(len(task), max_problems)
-    rank, world = _rank_world()
-    return list(range(rank, n, world))
+    info = get_dist_info(initialized_only=True)
+    return list(range(info.rank, n, info.world_size))
 
 
 def _prompt(tokenizer, conversation: dict) -> list[int]:
@@ -77,7 +69,8 @@ def run_categorical_eval(task: Task, tokenizer, model, batch_size: int = 8, max_
         return letter_cache[letter]
 
     passed = cropped = 0
-    bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or _rank_world()[0] != 0)
+    bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or
+                   get_dist_info(initialized_only=True).rank != 0)
     for b in range(0, len(ids), batch_size):
         convs = [task[i] for i in ids[b: b + batch_size]]
         prompts = [_prompt(tokenizer, c) for c in convs]
@@ -119,7 +112,8 @@ def run_generative_eval(task: Task, tokenizer, engine, num_samples: int = 1, max
     ids = _problem_ids(task, max_problems)
     max_len = getattr(engine, "max_seq_len", None)
     passed = too_long = 0
-    bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or _rank_world()[0] != 0)
+    bar = Progress(len(ids), desc=f"{type(task).__name__}", unit="q", disable=not progress or
+                   get_dist_info(initialized_only=True).rank != 0)
     for b in range(0, len(ids), chunk):
         chunk_ids = ids[b: b + chunk]
         convs = [task[i] for i in chunk_ids]

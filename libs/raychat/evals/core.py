@@ -226,20 +226,13 @@ def model_device(model, device=None) -> torch.device:
         return torch.device("cpu")
 
 
-def _rank_world() -> tuple[int, int]:
-    """Slice only under an initialised process group: RANK/WORLD_SIZE env vars alone cannot all-reduce."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        info = get_dist_info()
-        return info.rank, info.world_size
-    return 0, 1
-
-
 def evaluate_task(model, tokenizer, data: list[dict], spec: CoreTaskSpec, device=None, batch_size: int = 16,
                   max_batch_tokens: int = 16384, max_seq_len: int | None = None, progress=None) -> float:
     """Accuracy of one task over `data` (all ranks must call this: the result is all-reduced)."""
     device = model_device(model, device)
     max_seq_len = model_max_seq_len(model, max_seq_len)
-    rank, world = _rank_world()
+    info = get_dist_info(initialized_only=True)
+    rank, world = info.rank, info.world_size
     mine = list(range(rank, len(data), world))
     scores: dict[int, dict[int, tuple[float, bool]]] = {idx: {} for idx in mine}
     # items in chunks: all rows of a 10k-item task at once would be gigabytes of Python token lists
@@ -301,7 +294,8 @@ def evaluate_core(model, tokenizer, bundle_dir, device=None, max_per_task: int =
     if bundle.missing:
         print0(f"CORE: {len(bundle.missing)} task(s) missing from {bundle.root}: {'; '.join(bundle.missing)}")
     datasets = [load_task_data(s, max_per_task) for s in specs]
-    rank, world = _rank_world()
+    info = get_dist_info(initialized_only=True)
+    rank, world = info.rank, info.world_size
     mine = sum(len(range(rank, len(d), world)) for d in datasets)
     bar = Progress(mine, desc="CORE", unit="ex", disable=not progress or rank != 0)
     out = {"results": {}, "centered_results": {}, "num_examples": {}, "seconds": {}, "tasks": [],

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from raychat.common import get_dist_info
+
 
 @torch.no_grad()
 def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float:
@@ -37,8 +39,7 @@ def evaluate_bpb(model, batches, steps: int, token_bytes: torch.Tensor) -> float
         total_bytes = nb if total_bytes is None else total_bytes + nb
     if total_nats is None:
         return float("inf")
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and \
-            torch.distributed.get_world_size() > 1:
+    if get_dist_info(initialized_only=True).world_size > 1:
         torch.distributed.all_reduce(total_nats, op=torch.distributed.ReduceOp.SUM)
         torch.distributed.all_reduce(total_bytes, op=torch.distributed.ReduceOp.SUM)
     total_nats, total_bytes = total_nats.item(), total_bytes.item()

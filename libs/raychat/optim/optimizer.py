@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from raychat.common import RaychatError, print0
+from raychat.common import RaychatError, get_dist_info, print0
 from raychat.optim.adamw import adamw_step_
 from raychat.optim.muon import muon_update_
 
@@ -47,13 +47,6 @@ MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "beta2": 0.9, "weight_decay": 
 # AdamW params smaller than this are all-reduced and updated on every rank: their state is negligible and a
 # separate reduce-scatter + all-gather per tiny tensor would cost more latency than it saves.
 MIN_SHARD_NUMEL = 1024
-
-
-def dist_rank_world() -> tuple[int, int]:
-    """(rank, world_size) of the default process group; (0, 1) when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _grads_or_zeros(params: list[Tensor]) -> list[Tensor]:
@@ -118,7 +111,8 @@ class MuonAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        rank, world = dist_rank_world()
+        info = get_dist_info(initialized_only=True)
+        rank, world = info.rank, info.world_size
         # phase 1: launch all gradient reductions (no-ops at world size 1)
         reductions = [self._muon_reduce(g, world) if g["kind"] == "muon" else self._adamw_reduce(g, world)
                       for g in self.param_groups]
@@ -251,14 +245,16 @@ class MuonAdamW(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         """This rank's shard of the state (plus hyperparameters), tagged with rank and world size."""
         sd = super().state_dict()
-        rank, world = dist_rank_world()
+        info = get_dist_info(initialized_only=True)
+        rank, world = info.rank, info.world_size
         sd["sharding"] = {"rank": rank, "world_size": world}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         sd = dict(state_dict)
         saved = sd.pop("sharding", None)
-        rank, world = dist_rank_world()
+        info = get_dist_info(initialized_only=True)
+        rank, world = info.rank, info.world_size
         if saved is not None and (saved["rank"], saved["world_size"]) != (rank, world):
             raise RaychatError(
                 f"optimizer state was saved by rank {saved['rank']} of {saved['world_size']} but is being loaded "

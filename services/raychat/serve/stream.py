@@ -34,31 +34,41 @@ def record_failure(metrics, e: ApiError) -> None:
         metrics.observe_failure(e.code)
 
 
-class Gate:
-    """In-flight bounds: global per ingress replica and per client address. acquire() raises 429."""
+class ClientCounts:
+    """How many are open, in all and per client address (generations in flight, open sockets): the count both
+    of the ingress's bounds check before admitting one more."""
 
     def __init__(self, limits):
         self.limits = limits
-        self.inflight = 0
+        self.total = 0
         self.per_client: Counter = Counter()
+
+    def add(self, client: str) -> None:
+        self.total += 1
+        self.per_client[client] += 1
+
+    def remove(self, client: str) -> None:
+        self.total -= 1
+        self.per_client[client] -= 1
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
+
+
+class Gate(ClientCounts):
+    """In-flight bounds: global per ingress replica and per client address. acquire() raises 429."""
 
     def acquire(self, client: str) -> None:
         lim = self.limits
-        if self.inflight >= lim.max_concurrent_requests:
+        if self.total >= lim.max_concurrent_requests:
             raise ApiError(f"server is at capacity ({lim.max_concurrent_requests} requests in flight); retry "
                            f"after {lim.retry_after_s} s", code="overloaded", status=429)
         if lim.max_concurrent_per_client and self.per_client[client] >= lim.max_concurrent_per_client:
             raise ApiError(f"too many concurrent requests from this client (limit "
                            f"{lim.max_concurrent_per_client}); retry after {lim.retry_after_s} s",
                            code="overloaded", status=429)
-        self.inflight += 1
-        self.per_client[client] += 1
+        self.add(client)
 
-    def release(self, client: str) -> None:
-        self.inflight -= 1
-        self.per_client[client] -= 1
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
+    release = ClientCounts.remove
 
 
 class TokenStream:

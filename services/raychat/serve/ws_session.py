@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 
 from fastapi import WebSocket, WebSocketDisconnect
 
@@ -28,18 +27,13 @@ from raychat.serve.protocol import (
     parse_ws_message,
 )
 from raychat.serve.security import ws_admission
-from raychat.serve.stream import TokenStream, record_failure
+from raychat.serve.stream import ClientCounts, TokenStream, record_failure
 
 _DELTA = {"token": WsToken, "tool_call": WsToolCall, "tool_result": WsToolResult}
 
 
-class Connections:
+class Connections(ClientCounts):
     """Open sockets, globally and per client address."""
-
-    def __init__(self, limits):
-        self.limits = limits
-        self.total = 0
-        self.per_client: Counter = Counter()
 
     def refusal(self, client: str) -> ApiError | None:
         lim = self.limits
@@ -50,16 +44,6 @@ class Connections:
             return ApiError(f"too many open connections from this client (limit {lim.max_connections_per_client}); "
                             "close one first", code="overloaded", status=429)
         return None
-
-    def add(self, client: str) -> None:
-        self.total += 1
-        self.per_client[client] += 1
-
-    def remove(self, client: str) -> None:
-        self.total -= 1
-        self.per_client[client] -= 1
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
 
 
 async def _send(ws: WebSocket, msg) -> None:

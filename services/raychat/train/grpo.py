@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from raychat.common import RaychatError
+from raychat.data import rows_to_batch
 from raychat.train.config import GRPOConfig
-from raychat.train.harness import Eval, Harness, all_reduce_sum, load_tokenizer, main, rows_to_batch, source_checkpoint
+from raychat.train.harness import Eval, Harness, all_reduce_sum, load_tokenizer, main, source_checkpoint
 
 
 def gsm8k_dir(cfg: GRPOConfig) -> Path | None:

@@ -64,9 +64,8 @@ class LocalContext:
     """The context without Ray: one process, or one of torchrun's (process group from its env vars)."""
 
     def __init__(self, resume_from: Path | None = None):
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        info = get_dist_info()
+        self.world_size, self.rank, self.local_rank = info.world_size, info.rank, info.local_rank
         if self.world_size > 1 and not dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
@@ -131,7 +130,7 @@ def launch(stage: str, cfg, *, resume: bool = False, no_ray: bool = False, addre
     from raychat.checkpoint import latest_checkpoint
 
     module, ckpt_dir = STAGES[stage]
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if no_ray else cfg.num_workers
+    world_size = get_dist_info().world_size if no_ray else cfg.num_workers
     cfg = importlib.import_module(module).preflight(resolve_paths(cfg), resume, world_size)
     run_dir = Path(cfg.run_dir)
     resume_from = latest_checkpoint(run_dir / "checkpoints" / ckpt_dir) if resume else None
@@ -187,21 +186,6 @@ def main(stage: str, argv: list[str] | None = None) -> int:
     except RaychatError as e:
         print(f"raychat: error: {e}", file=sys.stderr)
         return 2
-
-
-def rows_to_batch(rows: list[tuple[list[int], list[int]]], pad_id: int, width: int | None = None):
-    """The finetuning stages' batches. Rows of (ids, mask) -> x, y (B, T) int64 with y[t] = ids[t+1] where
-    mask[t+1] = 1 and -1 elsewhere (prompt tokens, tool outputs, padding). T = longest row - 1, or `width`."""
-    T = width if width is not None else max(len(ids) for ids, _ in rows) - 1
-    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    y = torch.full((len(rows), T), -1, dtype=torch.long)
-    for i, (ids, mask) in enumerate(rows):
-        n = min(len(ids) - 1, T)
-        ids_t = torch.tensor(ids[: n + 1], dtype=torch.long)
-        m = torch.tensor(mask[1: n + 1], dtype=torch.bool)
-        x[i, :n] = ids_t[:-1]
-        y[i, :n] = torch.where(m, ids_t[1:], torch.full_like(ids_t[1:], -1))
-    return x, y
 
 
 # ---- worker side ---------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from raychat.common import RaychatError, print0
+from raychat.data import rows_to_batch
 from raychat.train.config import SFTConfig, parse_mixture
 from raychat.train.harness import (
     Eval,
@@ -39,7 +40,6 @@ from raychat.train.harness import (
     all_reduce_sum,
     load_tokenizer,
     main,
-    rows_to_batch,
     source_checkpoint,
 )
 
