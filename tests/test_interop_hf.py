@@ -190,3 +190,13 @@ def test_export_refuses_a_used_output_dir_and_a_missing_checkpoint(tmp_path, fix
         from raychat.commands.export import run
 
         run(type("A", (), {"checkpoint": None, "run_dir": None})())
+
+
+def test_exported_windows_follow_raychats_rounding(tmp_path):
+    """Regression: the modeling file recomputed the S window with its own (floor) rule; at T=1000 a quarter is 250
+    keys, which raychat rounds up to the 128-tile 256, so the two models attended over different windows."""
+    run, model, _ = _tiny_run(tmp_path, sequence_len=1000, n_layer=3, window_pattern="SL")
+    assert model.windows == [256, None, None]  # ceil(1000 / 4) = 250 -> 2 tiles of 128, by hand
+    assert main(["export", "hf", "--run-dir", str(run), "--out", str(tmp_path / "hf")]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True)
+    assert hf.config.window_sizes() == [256, None, None]

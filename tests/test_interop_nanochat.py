@@ -136,7 +136,8 @@ def test_each_mapping_step_matters(reference):
     v = nc.detect_vintage(state, 2)
     case = reference["cases"][-1]
     want = torch.tensor(case["last_logits"])
-    for change in ({"qk_scale": 1.0}, {"backout_layer": 0}, {"short_window_frac": 1.0}, {"rope_base": 10000.0}):
+    for change in ({"qk_scale": 1.0}, {"backout_layer": 0}, {"short_window": 0, "window_pattern": "L"},
+                   {"rope_base": 10000.0}):
         cfg = {**nc.model_config(v, meta["model_config"]), **change}
         model = build_model(cfg)
         model.load_state_dict(nc.convert_state(v, state, cfg))

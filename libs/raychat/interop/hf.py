@@ -124,6 +124,8 @@ def export_hf(path: str | os.PathLike, out: str | os.PathLike, stage: str = "sft
               "auto_map": {"AutoConfig": "modeling_raychat.RaychatConfig",
                            "AutoModelForCausalLM": "modeling_raychat.RaychatForCausalLM"},
               **cfg.to_dict(), "tie_word_embeddings": False, "dtype": "float32",
+              # raychat's S window itself (its rounding rule stays in raychat): the same windows on both sides
+              "short_window": next((w for w in cfg.window_sizes() if w is not None), cfg.short_window),
               "bos_token_id": sp["<|bos|>"], "eos_token_id": stops, "pad_token_id": sp["<|bos|>"]}
     generation = {"bos_token_id": sp["<|bos|>"], "eos_token_id": stops, "pad_token_id": sp["<|bos|>"],
                   "do_sample": False}

@@ -34,7 +34,8 @@ class RaychatConfig(PreTrainedConfig):
     n_kv_head: int = 6
     n_embd: int = 768
     window_pattern: str = "SSSL"
-    short_window_frac: float = 0.5
+    short_window_frac: float = 0.25
+    short_window: int = 0
     value_embeds: bool = True
     smear: bool = True
     backout: bool = True
@@ -50,9 +51,10 @@ class RaychatConfig(PreTrainedConfig):
         return self.n_embd // self.n_head
 
     def window_sizes(self) -> list[int | None]:
-        """Keys a query sees per layer, itself included (None = all); the last layer always sees all."""
+        """Keys a query sees per layer, itself included (None = all); the last layer always sees all. The export
+        writes raychat's S window into short_window, so its rounding rule lives in raychat alone."""
         pat = self.window_pattern.upper()
-        short = max(1, int(self.sequence_len * self.short_window_frac))
+        short = self.short_window or max(1, int(self.sequence_len * self.short_window_frac))
         w = [None if pat[i % len(pat)] == "L" else short for i in range(self.n_layer)]
         w[-1] = None
         return w

@@ -33,7 +33,6 @@ that don't fit. The mapping onto raychat, exact up to float rounding:
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -226,10 +225,7 @@ def _window_config(v: Vintage, mc: dict) -> dict:
     window = v.short_window(L) + 1  # nanochat's left window excludes the query itself, raychat's includes it
     if not uses_short or window >= L:  # S as wide as the context: the same as L within sequence_len
         return {"window_pattern": "L"}
-    frac = window / L
-    while int(L * frac) < window:  # GPTConfig floors L * frac: step up until it lands exactly on `window`
-        frac = math.nextafter(frac, 1.0)
-    return {"window_pattern": pattern, "short_window_frac": frac}
+    return {"window_pattern": pattern, "short_window": window}
 
 
 def model_config(v: Vintage, mc: dict, logit_softcap: float = 15.0) -> dict:

@@ -41,6 +41,7 @@ class GPTConfig:
     n_embd: int = 768
     window_pattern: str = "SSSL"
     short_window_frac: float = 0.25  # S layers see this fraction of sequence_len (see window_sizes)
+    short_window: int = 0  # an exact S window (keys seen, the query included) instead of the fraction; 0 = off
     value_embeds: bool = True
     smear: bool = True
     backout: bool = True
@@ -66,6 +67,8 @@ class GPTConfig:
             raise ValueError(f"short_window_frac must be in (0, 1], got {self.short_window_frac}")
         if self.backout_layer is not None and not 0 <= self.backout_layer < self.n_layer:
             raise ValueError(f"backout_layer must be in [0, {self.n_layer}), got {self.backout_layer}")
+        if not 0 <= self.short_window <= self.sequence_len:
+            raise ValueError(f"short_window must be in [0, sequence_len={self.sequence_len}], got {self.short_window}")
 
     @property
     def head_dim(self) -> int:
@@ -76,10 +79,11 @@ class GPTConfig:
 
         S = short_window_frac (a quarter, nanochat's) of the context, rounded up to a multiple of 128 (the
         flash-attention tile: a partial tile costs a whole one) once it exceeds 128, never above the context:
-        512 at T=2048, 1024 at 4096. Shorter windows (small test models) stay exact."""
+        512 at T=2048, 1024 at 4096. Shorter windows (small test models) stay exact. `short_window` > 0 sets the
+        S window exactly (imported checkpoints, whose windows follow their own rule)."""
         pat = self.window_pattern.upper()
-        short = max(1, math.ceil(self.sequence_len * self.short_window_frac))
-        if short > 128:
+        short = self.short_window or max(1, math.ceil(self.sequence_len * self.short_window_frac))
+        if short > 128 and not self.short_window:
             short = min(math.ceil(short / 128) * 128, self.sequence_len)
         w = [None if pat[i % len(pat)] == "L" else short for i in range(self.n_layer)]
         w[-1] = None
