@@ -56,7 +56,7 @@ def add_arguments(p):
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="share of the GPU's memory a replica may use, weights included, as vLLM's flag")
     p.add_argument("--prefill-chunk", type=int, default=None,
-                   help="prompt tokens prefilled per engine step beside decoding (chunked prefill; default 32 on "
+                   help="prompt tokens prefilled per engine step beside decoding (chunked prefill; default 16 on "
                         "CPU, 512 on a GPU); 0 = whole prompts, a step prefills or decodes")
     p.add_argument("--stream-interval", type=int, default=4,
                    help="tokens the engine replica gathers per stream item to the ingress after the first token "

@@ -21,9 +21,10 @@ from raychat.serve.protocol import Limits
 STAGES = ("base", "sft", "rl")
 DEFAULT_CPU_KV_CACHE_MEMORY = 2 * 2**30  # as vLLM's CPU backend, a fixed space (its default is 4 GiB)
 # A chunk shares its step with the decode: on a CPU a d4 decode step of 7 rows costs about what 32 prompt
-# tokens do (benchmarks/RESULTS.md, engine section), so 32 keeps a stream's slowest gap near 2x its median;
-# a GPU has compute to spare for a decode step, so its chunks are vLLM-sized.
-DEFAULT_PREFILL_CHUNK = {"cpu": 32, "cuda": 512}
+# tokens do, so 32 left a stream's slowest gap at 1.95-2.27x its median and 16 keeps it at 1.6-1.8x
+# (benchmarks/RESULTS.md, engine ITL rows) at a longer TTFT for the long prompt itself; a GPU has compute to
+# spare for a decode step, so its chunks are vLLM-sized.
+DEFAULT_PREFILL_CHUNK = {"cpu": 16, "cuda": 512}
 # Ray Serve AutoscalingConfig fields we pass through (others are rejected so a typo does not vanish)
 AUTOSCALING_KEYS = ("min_replicas", "initial_replicas", "max_replicas", "target_ongoing_requests",
                     "metrics_interval_s", "look_back_period_s", "upscale_delay_s", "downscale_delay_s",
@@ -142,7 +143,7 @@ class ServeConfig:
         if self.kv_cache_memory is None:
             memory = ({"gpu_memory_utilization": self.gpu_memory_utilization} if device_type == "cuda"
                       else {"kv_cache_memory": DEFAULT_CPU_KV_CACHE_MEMORY})
-        chunk = DEFAULT_PREFILL_CHUNK.get(device_type, 32) if self.prefill_chunk is None else self.prefill_chunk
+        chunk = DEFAULT_PREFILL_CHUNK.get(device_type, DEFAULT_PREFILL_CHUNK["cpu"]) if self.prefill_chunk is None else self.prefill_chunk
         return {**memory, "prefix_caching": self.prefix_caching, "prefill_chunk": chunk or None}
 
     @property
