@@ -143,7 +143,8 @@ class ServeConfig:
         if self.kv_cache_memory is None:
             memory = ({"gpu_memory_utilization": self.gpu_memory_utilization} if device_type == "cuda"
                       else {"kv_cache_memory": DEFAULT_CPU_KV_CACHE_MEMORY})
-        chunk = DEFAULT_PREFILL_CHUNK.get(device_type, DEFAULT_PREFILL_CHUNK["cpu"]) if self.prefill_chunk is None else self.prefill_chunk
+        default = DEFAULT_PREFILL_CHUNK.get(device_type, DEFAULT_PREFILL_CHUNK["cpu"])
+        chunk = default if self.prefill_chunk is None else self.prefill_chunk
         return {**memory, "prefix_caching": self.prefix_caching, "prefill_chunk": chunk or None}
 
     @property
