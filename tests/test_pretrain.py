@@ -32,12 +32,21 @@ def run_with_tokenizer(tmp_path, tiny_run_dir):
     return run
 
 
-def test_tiny_pretrain_learns_logs_and_checkpoints(run_with_tokenizer, shared_data):
-    from raychat.train.pretrain import train
+def test_tiny_pretrain_learns_logs_and_checkpoints(run_with_tokenizer, shared_data, monkeypatch):
+    import raychat.train.pretrain as pretrain
+    from raychat.train.schedule import muon_schedule_
 
+    calls = []  # regression: the loop set momentum with muon_momentum(step) alone, so no warm-down to 0.90
+
+    def spy(opt, step, n, warmdown_ratio, *a):
+        calls.append((step, n, warmdown_ratio))
+        return muon_schedule_(opt, step, n, warmdown_ratio, *a)
+
+    monkeypatch.setattr(pretrain, "muon_schedule_", spy)
     run = run_with_tokenizer
     cfg = tiny_cfg(run, shared_data, num_iterations=30, eval_every=15)
-    summary = train(cfg, LocalContext())
+    summary = pretrain.train(cfg, LocalContext())
+    assert calls == [(it, 30, cfg.warmdown_ratio) for it in range(30)]
     evals = events(run, "eval")
     assert [e["step"] for e in evals] == [0, 15, 30]
     assert evals[-1]["val_bpb"] < 0.8 * evals[0]["val_bpb"]

@@ -134,3 +134,22 @@ def test_apply_schedule_sets_each_group():
     assert adam["lr"] == pytest.approx(0.1 * (100 / 195 + 95 / 195 * 0.05)) and adam["weight_decay"] == 0.01
     apply_schedule(opt, 200, 300, cfg, peak_by_warmdown=True)
     assert opt.param_groups[0]["momentum"] == pytest.approx(0.97 - 0.07 * (200 - 105) / 195)  # warm-down from 105
+
+
+def test_muon_schedule_in_the_warm_down():
+    """A 1000-step run, warm-down 0.65: the warm-down spans steps 350..1000; past the 400-step warm-up the
+    momentum is on that line, 0.97 - 0.07 x (900 - 350) / 650 at step 900; weight decay 0.28 x (1 + cos(0.9 pi)) / 2
+    by hand; the AdamW group is left alone."""
+    import math
+
+    import torch
+
+    from raychat.train.schedule import muon_schedule_
+
+    opt = torch.optim.SGD([{"params": [torch.zeros(2, 2)], "kind": "muon", "weight_decay": 0.28},
+                           {"params": [torch.zeros(2)], "kind": "adamw", "weight_decay": 0.01}], lr=0.1)
+    muon_schedule_(opt, 900, 1000, 0.65)
+    muon, adamw = opt.param_groups
+    assert muon["momentum"] == pytest.approx(0.97 - 0.07 * 550 / 650)
+    assert muon["weight_decay"] == pytest.approx(0.28 * (1 + math.cos(0.9 * math.pi)) / 2)
+    assert adamw["weight_decay"] == 0.01 and adamw["momentum"] == 0  # SGD's own default, untouched

@@ -19,7 +19,7 @@ import torch
 from raychat.common import RaychatError, print0
 from raychat.train.config import PretrainConfig, derive, model_config_for
 from raychat.train.harness import Eval, Harness, load_tokenizer, main
-from raychat.train.schedule import muon_momentum, weight_decay_at
+from raychat.train.schedule import muon_schedule_
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then "
                   "tomorrow will be", "The opposite of hot is", "The planets of the solar system are:"]
@@ -105,10 +105,7 @@ def train(cfg: PretrainConfig, ctx) -> dict:
     accum, n_iter = plan["grad_accum_steps"], plan["num_iterations"]
 
     def step(it: int) -> dict:
-        for g in optimizer.param_groups:
-            if g["kind"] == "muon":
-                g["momentum"] = muon_momentum(it, n_iter, cfg.warmdown_ratio)
-                g["weight_decay"] = weight_decay_at(it, n_iter, g["initial_weight_decay"])
+        muon_schedule_(optimizer, it, n_iter, cfg.warmdown_ratio)
         loss_sum = 0.0
         for _ in range(accum):
             x, y = next(loader)

@@ -38,19 +38,27 @@ def weight_decay_at(step: int, num_iterations: int, base: float, shape: str = "c
     raise ValueError(f"weight decay schedule shape must be 'cosine' or 'linear', got {shape!r}")
 
 
-def apply_schedule(optimizer, step: int, num_iterations: int, cfg, peak_by_warmdown: bool = False) -> float:
-    """Set lr (every group), momentum and weight decay (Muon groups) for `step`; returns the lr multiplier.
-    `cfg` carries warmup_steps, warmdown_ratio and final_lr_frac (a PretrainConfig). The groups' starting
-    values are remembered in initial_lr / initial_weight_decay on the first call. AdamW groups keep their
-    (small, fixed) weight decay, scaled by their lr as decoupled decay is. peak_by_warmdown: see muon_momentum
-    (the default False is nanochat's momentum rule exactly)."""
-    lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
-    momentum = muon_momentum(step, num_iterations, cfg.warmdown_ratio, peak_by_warmdown=peak_by_warmdown)
+def muon_schedule_(optimizer, step: int, num_iterations: int, warmdown_ratio: float,
+                   peak_by_warmdown: bool = False) -> None:
+    """Set the Muon groups' momentum and weight decay for `step` (their base decay is remembered in
+    initial_weight_decay on the first call). AdamW groups keep their (small, fixed) weight decay, scaled by their
+    lr as decoupled decay is. peak_by_warmdown: see muon_momentum (the default False is nanochat's rule exactly)."""
+    momentum = muon_momentum(step, num_iterations, warmdown_ratio, peak_by_warmdown=peak_by_warmdown)
     for g in optimizer.param_groups:
-        g.setdefault("initial_lr", g["lr"])
-        g.setdefault("initial_weight_decay", g.get("weight_decay", 0.0))
-        g["lr"] = g["initial_lr"] * lrm
         if g["kind"] == "muon":
+            g.setdefault("initial_weight_decay", g.get("weight_decay", 0.0))
             g["momentum"] = momentum
             g["weight_decay"] = weight_decay_at(step, num_iterations, g["initial_weight_decay"])
+
+
+def apply_schedule(optimizer, step: int, num_iterations: int, cfg, peak_by_warmdown: bool = False) -> float:
+    """Set lr (every group, from initial_lr remembered on the first call), then the Muon momentum and weight
+    decay, for `step`; returns the lr multiplier. `cfg` carries warmup_steps, warmdown_ratio and final_lr_frac.
+    The harness sets the lr itself for every stage; pretraining adds `muon_schedule_`; loops outside the
+    harness (bench quality) call this."""
+    lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+        g["lr"] = g["initial_lr"] * lrm
+    muon_schedule_(optimizer, step, num_iterations, cfg.warmdown_ratio, peak_by_warmdown)
     return lrm
