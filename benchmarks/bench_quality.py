@@ -8,8 +8,10 @@
 The race: a 8192-token BPE trained on the first 20,000,000 characters of the training shards (documents cut to
 10,000 characters; cached on disk after the first run), depth 4, head dim 64, width 256, window pattern L,
 sequence 256, device batch 8, total batch 2,048 tokens, 300 optimizer steps, fp32, 2 threads, torch.compile;
-every other hyperparameter is PretrainConfig's default, resolved by `derive` (the recipe under test). Val bpb
-is measured on the first 65,536 tokens of the validation shard at steps 0, 100, 200 and 300.
+every other hyperparameter is PretrainConfig's default, resolved by `derive` (the recipe under test). The run
+is raychat's own pretraining (`raychat pretrain --no-ray`'s code path: harness loop, evals, final checkpoint)
+in a scratch run directory next to the tokenizer cache. Val bpb is measured on the first 65,536 tokens of the
+validation shard at steps 0, 100, 200 and 300.
 
 Training tokens/s counts only the optimizer steps after the 10th (compile and allocator warm-up excluded, the
 definition nanochat's base_train uses for its total training time), so a peer's log gives a comparable figure:
@@ -21,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,71 +84,27 @@ def race_tokenizer(data_dir: Path, tok_dir: Path):
     return tok
 
 
-def val_bpb(model, tokenizer, data_dir: Path, cfg) -> float:
-    from raychat.data import PackedLoader
-    from raychat.evals.loss import evaluate_bpb
+def run_raychat(cfg, data_dir: Path, tokenizer_dir: Path, run_dir: Path) -> dict:
+    """One race through raychat's own pretraining (`raychat pretrain --no-ray`: the harness loop, its evals and
+    checkpoint), in this process, in a fresh run_dir; val bpb and step times are read back from its metrics.jsonl."""
+    from raychat.train.harness import launch
 
-    steps = cfg.eval_tokens // (cfg.device_batch_size * cfg.seq_len)
-    model.eval()
-    with PackedLoader(tokenizer, data_dir, split="val", batch_size=cfg.device_batch_size, seq_len=cfg.seq_len,
-                      prefetch=0, buffer_size=100) as loader:
-        bpb = evaluate_bpb(model, loader, steps, tokenizer.token_bytes)
-    model.train()
-    return bpb
-
-
-def run_raychat(cfg, data_dir: Path, tokenizer, peak_by_warmdown: bool = False) -> dict:
-    """One race with the training recipe in PretrainConfig/derive/schedule/MuonAdamW; no Ray, one process."""
-    from raychat.data import PackedLoader
-    from raychat.model import GPT
-    from raychat.optim import build_optimizer
-    from raychat.train.config import derive, model_config_for
-    from raychat.train.schedule import apply_schedule
-
-    torch.set_num_threads(cfg.num_threads)
-    plan = derive(cfg, tokenizer.vocab_size, 1)
-    torch.manual_seed(cfg.seed)
-    with torch.device("meta"):
-        model = GPT(model_config_for(cfg, tokenizer.vocab_size), compute_dtype=getattr(torch, cfg.dtype))
-    model.to_empty(device=cfg.device)
-    model.init_weights()
-    opt = build_optimizer(model, embedding_lr=plan["embedding_lr"], unembedding_lr=plan["unembedding_lr"],
-                          matrix_lr=plan["matrix_lr"], scalar_lr=plan["scalar_lr"],
-                          weight_decay=plan["weight_decay"])
-    train_model = torch.compile(model, dynamic=False) if cfg.compile else model
-    n, accum = plan["num_iterations"], plan["grad_accum_steps"]
-    evals, times, losses = {}, [], []
-    with PackedLoader(tokenizer, data_dir, split="train", batch_size=cfg.device_batch_size, seq_len=cfg.seq_len,
-                      seed=cfg.seed) as loader:
-        for step in range(n + 1):
-            if step % cfg.eval_every == 0 or step == n:
-                evals[step] = val_bpb(model, tokenizer, data_dir, cfg)
-                print(f"[raychat] step {step}: val bpb {evals[step]:.4f}", flush=True)
-            if step == n:
-                break
-            apply_schedule(opt, step, n, cfg, peak_by_warmdown=peak_by_warmdown)
-            t0 = time.perf_counter()
-            for _ in range(accum):
-                x, y = next(loader)
-                loss = train_model(x, y)
-                (loss / accum).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            times.append(time.perf_counter() - t0)
-            if step == 0:
-                # after setup, Python's cycle collector would rescan the same long-lived objects every few
-                # thousand allocations (the step allocates little that is cyclic): freeze them, collect no more
-                # (nanochat's loop does the same, so tokens/s compare like for like)
-                gc.collect()
-                gc.freeze()
-                gc.disable()
-    gc.enable()
-    counted = times[SKIP_STEPS + 1:]
-    tps = plan["total_batch_size"] * len(counted) / sum(counted)
-    return {"system": "raychat", "val_bpb": evals, "tokens_per_s": tps,
-            "median_step_s": statistics.median(counted), "first_step_s": times[0], "final_loss": losses[-1],
-            "plan": plan}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    shutil.copytree(tokenizer_dir, run_dir / "tokenizer")
+    cfg = cfg.replace(run_dir=str(run_dir), data_dir=str(data_dir), log_every=1, save_every=-1, keep_checkpoints=1,
+                      metrics_port=0, sample_every=-1, core_every=-1, num_workers=1)
+    summary = launch("pretrain", cfg, no_ray=True)
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = {e["step"]: e["val_bpb"] for e in events if e.get("event") == "eval"}
+    times = [e["step_seconds"] for e in sorted((e for e in events if e.get("event") == "train"),
+                                               key=lambda e: e["step"])]
+    counted = times[SKIP_STEPS:]  # steps 11.. (the first is step 1)
+    plan = {k: v for k, v in next(e for e in events if e.get("event") == "plan").items()
+            if k not in ("job", "time", "event", "resumed_from", "source_checkpoint")}
+    return {"system": "raychat", "val_bpb": evals, "tokens_per_s": plan["total_batch_size"] * len(counted) /
+            sum(counted), "median_step_s": statistics.median(counted), "first_step_s": times[0],
+            "final_loss": summary["final_loss"], "plan": plan}
 
 
 def run_peer(cmd: str, log_path: Path) -> dict:
@@ -210,9 +168,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--peer", default=None, help="shell command of a peer run whose log is read (nanochat)")
     ap.add_argument("--rounds", type=int, default=1, help="how many times to run each system, alternating")
     ap.add_argument("--no-compile", action="store_true", help="eager mode (the race is compiled)")
-    ap.add_argument("--momentum-peak-by-warmdown", action="store_true",
-                    help="end the Muon momentum warm-up at the lr warm-down start (default: nanochat's rule, "
-                         "400 steps even past it)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     try:
@@ -228,16 +183,17 @@ def main(argv=None) -> dict:
         cfg = PretrainConfig(**overrides)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    tokenizer = race_tokenizer(data_dir, Path(args.tok_dir).expanduser())
+    tok_dir = Path(args.tok_dir).expanduser()
+    race_tokenizer(data_dir, tok_dir)
     rows = []
     for rnd in range(1, args.rounds + 1):
         order = ["peer", "raychat"] if args.peer else ["raychat"]
         for system in order:
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             if system == "peer":
-                res = run_peer(args.peer, Path(args.tok_dir).expanduser().parent / f"peer-round{rnd}.log")
+                res = run_peer(args.peer, tok_dir.parent / f"peer-round{rnd}.log")
             else:
-                res = run_raychat(cfg, data_dir, tokenizer, peak_by_warmdown=args.momentum_peak_by_warmdown)
+                res = run_raychat(cfg, data_dir, tok_dir, tok_dir.parent / "run")
             rows.append({**res, "round": rnd, "load": load})
     md = to_markdown(rows, cfg, args.peer)
     print(md)

@@ -315,3 +315,32 @@ def test_an_input_error_inside_a_ray_worker_ends_on_its_own_message(ray_session,
     assert msg.startswith(f"Ray Train job base-run failed on rank 0: checkpoint {run}/checkpoints/base/"
                           "step_000001 has no model.safetensors"), msg
     assert "Traceback" not in msg and len(msg.splitlines()) == 1
+
+
+def test_collector_paused_during_the_loop_and_restored_after():
+    """The harness turns Python's cycle collector off after the first step (as nanochat's loop does) and back on,
+    with a collection, when the loop ends or raises: a cycle made inside is freed on the way out (regression:
+    without that collection, cycles left at interpreter exit aborted torchrun ranks, "terminate called without an
+    active exception")."""
+    import gc
+    import weakref
+
+    from raychat.train.harness import CollectorPaused
+
+    class Node:
+        pass
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), CollectorPaused() as c:
+        assert gc.isenabled()          # nothing changes before the first step
+        c.pause()
+        c.pause()                      # idempotent
+        assert not gc.isenabled()
+        a = Node()
+        a.self = a                     # a cycle: only the collector frees it
+        ref = weakref.ref(a)
+        del a
+        assert ref() is not None       # collector off: still alive
+        raise RuntimeError("a step failed")
+    assert gc.isenabled() and ref() is None
+    assert gc.get_freeze_count() == 0

@@ -122,11 +122,6 @@ def test_muon_momentum_schedule_and_shape_multiplier():
     # nanochat's exact rule (the default): the warm-up wins until step 400 even inside the warm-down
     assert muon_momentum(350, 1000, 0.65) == pytest.approx(0.955)    # 0.85 + 0.12 * 350/400; warm-down from 350
     assert muon_momentum(299, 300, 0.65) == pytest.approx(0.9397)    # the race never peaks
-    # peak_by_warmdown: the warm-up ends at the warm-down start. The race: warm-down 195 steps from 105
-    assert muon_momentum(50, 300, 0.65, peak_by_warmdown=True) == pytest.approx(0.85 + 0.12 * 50 / 105)
-    assert muon_momentum(105, 300, 0.65, peak_by_warmdown=True) == pytest.approx(0.97)
-    assert muon_momentum(300, 300, 0.65, peak_by_warmdown=True) == pytest.approx(0.90)
-    assert muon_momentum(350, 1000, 0.65, peak_by_warmdown=True) == pytest.approx(0.97)
     assert muon_lr_multiplier((256, 64)) == 2.0      # tall: sqrt(rows / cols)
     assert muon_lr_multiplier((64, 256)) == 1.0      # wide
     assert muon_lr_multiplier((3, 64, 64)) == 1.0

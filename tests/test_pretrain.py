@@ -1,5 +1,6 @@
 """Pretraining loop without Ray: it learns, logs what it should, checkpoints, and resumes exactly."""
 
+import gc
 import json
 import shutil
 
@@ -38,8 +39,11 @@ def test_tiny_pretrain_learns_logs_and_checkpoints(run_with_tokenizer, shared_da
 
     calls = []  # regression: the loop set momentum with muon_momentum(step) alone, so no warm-down to 0.90
 
+    collector = []  # the harness pauses Python's cycle collector after the first step, for the rest of the loop
+
     def spy(opt, step, n, warmdown_ratio, *a):
         calls.append((step, n, warmdown_ratio))
+        collector.append(gc.isenabled())
         return muon_schedule_(opt, step, n, warmdown_ratio, *a)
 
     monkeypatch.setattr(pretrain, "muon_schedule_", spy)
@@ -47,6 +51,7 @@ def test_tiny_pretrain_learns_logs_and_checkpoints(run_with_tokenizer, shared_da
     cfg = tiny_cfg(run, shared_data, num_iterations=30, eval_every=15)
     summary = pretrain.train(cfg, LocalContext())
     assert calls == [(it, 30, cfg.warmdown_ratio) for it in range(30)]
+    assert collector == [True] + [False] * 29 and gc.isenabled()
     evals = events(run, "eval")
     assert [e["step"] for e in evals] == [0, 15, 30]
     assert evals[-1]["val_bpb"] < 0.8 * evals[0]["val_bpb"]

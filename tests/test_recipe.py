@@ -1,6 +1,6 @@
 """The training recipe's rules, each pinned with numbers worked out by hand (nanochat's current record recipe):
 lr / momentum / weight-decay schedules, the scaling rules of `derive` at the d4 race and the d24 record preset,
-short-window sizes, Muon+ renormalisation, and `apply_schedule` driving an optimizer."""
+short-window sizes, Muon+ renormalisation, and the schedules set on an optimizer's groups."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from raychat.model import GPTConfig
 from raychat.optim import MuonAdamW
 from raychat.train.config import PretrainConfig, derive, get_preset
-from raychat.train.schedule import apply_schedule, lr_multiplier, weight_decay_at
+from raychat.train.schedule import lr_multiplier, weight_decay_at
 
 # the d4 race of issue 16: width 256, 4 heads of 64, vocab 8192, seq 256, 2048 tokens per step, 300 steps
 RACE = dict(depth=4, aspect_ratio=64, head_dim=64, seq_len=256, window_pattern="L", device_batch_size=8,
@@ -120,20 +120,24 @@ def test_muon_plus_snaps_the_update_norm(renormalize):
         assert abs(norm - 4.0) > 0.05
 
 
-def test_apply_schedule_sets_each_group():
+def test_lr_and_muon_schedule_set_each_group():
+    """Step 200 of the race (300 steps, warm-down 0.65 = 195 steps from 105, to 5%): what the harness (lr) and
+    pretraining's step (momentum, decay) set on each group, by hand."""
+    from raychat.train.schedule import muon_schedule_
+
     cfg = PretrainConfig(**RACE)
     w = torch.nn.Parameter(torch.zeros(8, 8))
     b = torch.nn.Parameter(torch.zeros(8))
     opt = MuonAdamW([{"kind": "muon", "params": [w], "lr": 0.02, "weight_decay": 0.3},
                      {"kind": "adamw", "params": [b], "lr": 0.1, "weight_decay": 0.01}])
-    assert apply_schedule(opt, 200, 300, cfg) == pytest.approx(100 / 195 + 95 / 195 * 0.05)
+    lrm = lr_multiplier(200, 300, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+    assert lrm == pytest.approx(100 / 195 + 95 / 195 * 0.05)
+    muon_schedule_(opt, 200, 300, cfg.warmdown_ratio)
     muon, adam = opt.param_groups
-    assert muon["lr"] == pytest.approx(0.02 * (100 / 195 + 95 / 195 * 0.05))
     assert muon["momentum"] == pytest.approx(0.85 + 0.12 * 200 / 400)  # nanochat's: still warming up
     assert muon["weight_decay"] == pytest.approx(0.3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))   # 0.075
-    assert adam["lr"] == pytest.approx(0.1 * (100 / 195 + 95 / 195 * 0.05)) and adam["weight_decay"] == 0.01
-    apply_schedule(opt, 200, 300, cfg, peak_by_warmdown=True)
-    assert opt.param_groups[0]["momentum"] == pytest.approx(0.97 - 0.07 * (200 - 105) / 195)  # warm-down from 105
+    assert muon["initial_weight_decay"] == 0.3
+    assert adam["weight_decay"] == 0.01 and "momentum" not in adam
 
 
 def test_muon_schedule_in_the_warm_down():

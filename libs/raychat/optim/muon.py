@@ -36,17 +36,14 @@ NEWTON_SCHULZ_QUINTIC = (1.875, -1.25, 0.375)
 
 
 def muon_momentum(step: int, num_iterations: int | None = None, warmdown_ratio: float = 0.0,
-                  warmup_steps: int = 400, start: float = 0.85, peak: float = 0.97, end: float = 0.90,
-                  peak_by_warmdown: bool = False) -> float:
+                  warmup_steps: int = 400, start: float = 0.85, peak: float = 0.97, end: float = 0.90) -> float:
     """Muon momentum schedule: linear `start` -> `peak` over the warm-up, flat, then linear `peak` -> `end` over
     the learning-rate warm-down (the last round(warmdown_ratio x num_iterations) steps). Without num_iterations
     there is no warm-down (momentum stays at `peak`).
 
     The warm-up is `warmup_steps` (400, nanochat's) and takes precedence: a run shorter than ~1.5 x 400 steps
     never finishes it (the 300-step d4 race ends at 0.94 and never enters the warm-down branch), so its low-lr
-    phase still raises the momentum. `peak_by_warmdown` ends the warm-up early at the warm-down start instead
-    (a proposal for short runs, not yet measured at the race; runs whose warm-down starts after step 400, d12
-    and up, are the same either way). The default is nanochat's rule exactly.
+    phase still raises the momentum (nanochat's rule exactly).
 
     A low momentum at the start lets the first, large and fast-changing gradients through without dragging a
     stale average along; a lower one at the end, when the lr is small, lets the last steps follow the current
@@ -56,8 +53,6 @@ def muon_momentum(step: int, num_iterations: int | None = None, warmdown_ratio: 
         warmdown_steps = round(warmdown_ratio * num_iterations)
         if warmdown_steps > 0:
             wd_start = num_iterations - warmdown_steps
-            if peak_by_warmdown:
-                warmup_steps = min(warmup_steps, wd_start)
     if warmup_steps > 0 and step < warmup_steps:
         frac = max(step, 0) / warmup_steps
         return start + frac * (peak - start)

@@ -17,6 +17,7 @@ A loop sees its launcher through a context (`ctx.rank`, `ctx.local_rank`, `ctx.w
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import math
@@ -189,6 +190,38 @@ def main(stage: str, argv: list[str] | None = None) -> int:
 
 
 # ---- worker side ---------------------------------------------------------------------------------------
+class CollectorPaused:
+    """Python's cycle collector off for a training loop (nanochat's base_train does the same): after the first
+    step the process holds many long-lived objects (model, optimizer state, compiled graphs, loaders) and each
+    collection would rescan them every few thousand allocations, while a step creates almost no cyclic garbage.
+    `pause()` (idempotent) collects once, freezes what survives and disables the collector; `collect()` runs
+    a collection (after evals, which allocate more); leaving the block turns it back on and collects."""
+
+    def __init__(self):
+        self.paused = False
+
+    def __enter__(self):
+        return self
+
+    def pause(self) -> None:
+        if not self.paused and gc.isenabled():
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+            self.paused = True
+
+    def collect(self) -> None:
+        if self.paused:
+            gc.collect()
+
+    def __exit__(self, *exc) -> None:
+        if self.paused:
+            gc.unfreeze()
+            gc.enable()
+            gc.collect()  # what the loop left in cycles goes now, in order, not at interpreter exit
+            self.paused = False
+
+
 @dataclass
 class Eval:
     """A periodic evaluation: `fn(step) -> metrics` every `every` steps (> 0), at the end, at step 0 unless
@@ -316,62 +349,65 @@ class Harness:
                   "resumed_from": str(self.resume_dir) if self.resume_dir else None})
         step, last, latest, extra, ema, stop = self.start_step, {}, {}, {}, 0.0, False
         model.train()
-        while True:
-            final = step == num_iterations or stop
-            for ev in evals:
-                if ev.due(step, self.start_step, final):
-                    model.eval()
-                    res = ev.fn(step)
-                    model.train()
-                    if res:
-                        sink.log({"event": ev.name, "step": step, **res})
-                        figures = {k: v for k, v in res.items() if isinstance(v, float)}
-                        latest.update(figures)
-                        if figures:
-                            print0(f"[{self.job}] step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in
-                                                                            figures.items()))
-            if final or (cfg.save_every > 0 and step > self.start_step and step % cfg.save_every == 0):
-                path = self.checkpoint(step, model, optimizer, state(),
-                                       {**latest, **meta(step), "loss": last.get("loss"), "final": final})
-                if final and finish is not None:
-                    model.eval()
-                    extra = finish(step, path) or {}  # after the checkpoint: a failing eval never loses the weights
-                self.ctx.report({"step": step, **latest, **last}, checkpoint_dir=path)
-            if final:
-                break
+        with CollectorPaused() as collector:
+            while True:
+                final = step == num_iterations or stop
+                for ev in evals:
+                    if ev.due(step, self.start_step, final):
+                        model.eval()
+                        res = ev.fn(step)
+                        model.train()
+                        collector.collect()
+                        if res:
+                            sink.log({"event": ev.name, "step": step, **res})
+                            figures = {k: v for k, v in res.items() if isinstance(v, float)}
+                            latest.update(figures)
+                            if figures:
+                                print0(f"[{self.job}] step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                                                figures.items()))
+                if final or (cfg.save_every > 0 and step > self.start_step and step % cfg.save_every == 0):
+                    path = self.checkpoint(step, model, optimizer, state(),
+                                           {**latest, **meta(step), "loss": last.get("loss"), "final": final})
+                    if final and finish is not None:
+                        model.eval()
+                        extra = finish(step, path) or {}  # after the checkpoint: a failing eval never loses the weights
+                    self.ctx.report({"step": step, **latest, **last}, checkpoint_dir=path)
+                if final:
+                    break
 
-            lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
-            for g in optimizer.param_groups:
-                g["lr"] = g["initial_lr"] * lrm
-            self.sync()
-            t0 = time.perf_counter()
-            out = step_fn(step)
-            self.sync()
-            dt = time.perf_counter() - t0
-            step += 1
-            if count_first_step or step > self.start_step + 1 or self.start_step > 0 or num_iterations < 10:
-                self.total_time += dt  # else the very first step (allocator/compile warm-up) is not counted
-            # decided together: ranks that stopped at different steps, or one rank raising alone, would deadlock
-            loss = float(out.pop("loss"))
-            bad, late = all_reduce_sum([not math.isfinite(loss), cfg.max_seconds > 0 and
-                                        self.total_time >= cfg.max_seconds], self.dev.device)
-            if bad:
-                raise RaychatError(f"{self.job}: loss is not finite at step {step} on {int(bad)} of {self.world} "
-                                   f"rank(s) (this rank: {loss}): training diverged")
-            stop = late > 0
-            ema = 0.9 * ema + 0.1 * loss
-            self.last = last = {**out, "loss": ema / (1 - 0.9 ** (step - self.start_step)), "raw_loss": loss,
-                    "step_seconds": dt, "lr": lrm, "total_training_time": self.total_time}
-            if "tokens" in last:
-                last["tokens_per_second"] = last.pop("tokens") / dt
-                if flops_per_token:
-                    last["mfu"] = mfu(flops_per_token, last["tokens_per_second"], peak, self.world)
-            sink.step(1, **{k: round(last[v], 3) for k, v in (progress or {"loss": "loss"}).items()})
-            if step % cfg.log_every == 0 or step == num_iterations:
-                sink.log({"event": "train", "step": step, **last})
-                if step != num_iterations and not stop and not (cfg.save_every > 0 and step % cfg.save_every == 0):
-                    self.ctx.report({"step": step, **last})
-            fault_injection(step, rank)
+                lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["initial_lr"] * lrm
+                self.sync()
+                t0 = time.perf_counter()
+                out = step_fn(step)
+                self.sync()
+                dt = time.perf_counter() - t0
+                step += 1
+                collector.pause()  # after the first step: what it set up is long-lived
+                if count_first_step or step > self.start_step + 1 or self.start_step > 0 or num_iterations < 10:
+                    self.total_time += dt  # else the very first step (allocator/compile warm-up) is not counted
+                # decided together: ranks that stopped at different steps, or one rank raising alone, would deadlock
+                loss = float(out.pop("loss"))
+                bad, late = all_reduce_sum([not math.isfinite(loss), cfg.max_seconds > 0 and
+                                            self.total_time >= cfg.max_seconds], self.dev.device)
+                if bad:
+                    raise RaychatError(f"{self.job}: loss is not finite at step {step} on {int(bad)} of {self.world} "
+                                       f"rank(s) (this rank: {loss}): training diverged")
+                stop = late > 0
+                ema = 0.9 * ema + 0.1 * loss
+                self.last = last = {**out, "loss": ema / (1 - 0.9 ** (step - self.start_step)), "raw_loss": loss,
+                        "step_seconds": dt, "lr": lrm, "total_training_time": self.total_time}
+                if "tokens" in last:
+                    last["tokens_per_second"] = last.pop("tokens") / dt
+                    if flops_per_token:
+                        last["mfu"] = mfu(flops_per_token, last["tokens_per_second"], peak, self.world)
+                sink.step(1, **{k: round(last[v], 3) for k, v in (progress or {"loss": "loss"}).items()})
+                if step % cfg.log_every == 0 or step == num_iterations:
+                    sink.log({"event": "train", "step": step, **last})
+                    if step != num_iterations and not stop and not (cfg.save_every > 0 and step % cfg.save_every == 0):
+                        self.ctx.report({"step": step, **last})
+                fault_injection(step, rank)
         summary = {"event": "done", "step": step, **latest, "final_loss": last.get("loss"),
                    "total_training_time": self.total_time, "checkpoint": str(self.ckpt_root), **extra}
         sink.log(summary)

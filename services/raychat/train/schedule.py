@@ -2,9 +2,10 @@
 - learning-rate multiplier: linear warm-up over warmup_steps, constant, linear warm-down over the last
   warmdown_ratio of the run to final_lr_frac;
 - Muon momentum: 0.85 -> 0.97 over 400 steps, then 0.97 -> 0.90 over the warm-down once the warm-up is over
-  (`raychat.optim.muon_momentum`; peak_by_warmdown ends the warm-up at the warm-down start instead);
+  (`raychat.optim.muon_momentum`);
 - Muon weight decay: a cosine from its base value to zero over the run.
-`apply_schedule` sets all three on an optimizer's groups for one step (what a training loop calls)."""
+The harness sets every stage's lr from `lr_multiplier`; pretraining's step calls `muon_schedule_` for the other
+two."""
 
 from __future__ import annotations
 
@@ -38,27 +39,13 @@ def weight_decay_at(step: int, num_iterations: int, base: float, shape: str = "c
     raise ValueError(f"weight decay schedule shape must be 'cosine' or 'linear', got {shape!r}")
 
 
-def muon_schedule_(optimizer, step: int, num_iterations: int, warmdown_ratio: float,
-                   peak_by_warmdown: bool = False) -> None:
+def muon_schedule_(optimizer, step: int, num_iterations: int, warmdown_ratio: float) -> None:
     """Set the Muon groups' momentum and weight decay for `step` (their base decay is remembered in
     initial_weight_decay on the first call). AdamW groups keep their (small, fixed) weight decay, scaled by their
-    lr as decoupled decay is. peak_by_warmdown: see muon_momentum (the default False is nanochat's rule exactly)."""
-    momentum = muon_momentum(step, num_iterations, warmdown_ratio, peak_by_warmdown=peak_by_warmdown)
+    lr as decoupled decay is."""
+    momentum = muon_momentum(step, num_iterations, warmdown_ratio)
     for g in optimizer.param_groups:
         if g["kind"] == "muon":
             g.setdefault("initial_weight_decay", g.get("weight_decay", 0.0))
             g["momentum"] = momentum
             g["weight_decay"] = weight_decay_at(step, num_iterations, g["initial_weight_decay"])
-
-
-def apply_schedule(optimizer, step: int, num_iterations: int, cfg, peak_by_warmdown: bool = False) -> float:
-    """Set lr (every group, from initial_lr remembered on the first call), then the Muon momentum and weight
-    decay, for `step`; returns the lr multiplier. `cfg` carries warmup_steps, warmdown_ratio and final_lr_frac.
-    The harness sets the lr itself for every stage; pretraining adds `muon_schedule_`; loops outside the
-    harness (bench quality) call this."""
-    lrm = lr_multiplier(step, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio, cfg.final_lr_frac)
-    for g in optimizer.param_groups:
-        g.setdefault("initial_lr", g["lr"])
-        g["lr"] = g["initial_lr"] * lrm
-    muon_schedule_(optimizer, step, num_iterations, cfg.warmdown_ratio, peak_by_warmdown)
-    return lrm
