@@ -12,7 +12,8 @@ Notable features, each a switch in GPTConfig where it is a research knob:
 - smear: x0[t] += lambda * sigmoid(w . x0[t][:24]) * x0[t-1]  (cheap bigram mixing; lambda starts at 0)
 - backout: before the final norm subtract backout_lambda * (the residual after the middle layer)
 - qk_scale: q and k multiplied by a constant after QK-norm (sharper attention; 1 = off; nanochat uses 1.2)
-- MLP with ReLU^2 at 4x width; logit soft-capping c*tanh(logits/c) computed in float32
+- MLP with ReLU^2 at 4x width; logit soft-capping c*tanh(logits/c) computed in float32 (the CPU training loss
+  goes through model/head_loss.py: the same math in blocks of rows, logits never materialised)
 - explicit compute dtype: fp32 master weights, Linear casts its weight to the activation dtype; no autocast
 
 Built on the meta device, then `to_empty(device)` + `init_weights()`.
@@ -28,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from raychat.model.attention import attend, attend_kvcache
+from raychat.model.head_loss import chunked_head_loss
 from raychat.model.kv_cache import PackedKV, join_tokens, split_tokens
 
 
@@ -199,6 +201,7 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     packs_kv = True  # forward takes a kv_cache.PackedKV (the engine's runner asks before packing a step)
+    head_chunk_rows = 256  # rows per block of the chunked training loss on CPU (model/head_loss.py); 0 = plain head
 
     def __init__(self, config: GPTConfig, compute_dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -316,8 +319,9 @@ class GPT(nn.Module):
     # ---- forward --------------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
                 loss_reduction: str = "mean", last_only: bool = False):
-        """-> loss (targets given) or logits (B, T, V) float32; last_only: logits of the last position only
-        (B, 1, V), e.g. for a prefill, where the vocab projection of every prompt position would be wasted.
+        """-> loss (targets given) or logits (B, T, V) float32 (float64 in a float64 model); last_only: logits of the
+        last position only (B, 1, V), e.g. for a prefill, where the vocab projection of every prompt position would
+        be wasted.
         kv_cache: a KVCache (or a view of some of its rows): the new tokens extend each row from its length;
         or a PackedKV: idx is (1, N), several row ranges packed, and the logits are those of each row's last
         new token, (rows, 1, V)."""
@@ -370,8 +374,14 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]
 
-        logits = self.lm_head(x).float()  # soft-cap in fp32: tanh saturates badly in bf16
         cap = self.config.logit_softcap
+        if (targets is not None and loss_reduction == "mean" and self.head_chunk_rows > 0 and x.device.type == "cpu"
+                and torch.is_grad_enabled()):
+            # the training loss on CPU: lm_head + soft-cap + cross-entropy in cache-sized blocks of rows, the
+            # (rows, vocab) logits never materialised (model/head_loss.py); same value and gradients
+            return chunked_head_loss(x, self.lm_head.weight, targets, cap, self.head_chunk_rows)
+        logits = self.lm_head(x)  # soft-cap in fp32 (tanh saturates badly in bf16), fp64 in a fp64 model
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
         if targets is None:
