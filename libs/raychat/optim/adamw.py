@@ -5,6 +5,10 @@ Why not call torch.optim.AdamW: `MuonAdamW` updates *shards* (a dim-0 slice of a
 with state only for that slice), which torch's optimizer cannot express; and one optimizer object owning all
 groups keeps the checkpoint one state_dict per rank. `torch._foreach_*` ops launch one kernel per op for the
 whole list on CUDA (no Python loop over parameters); on CPU they fall back to a loop inside ATen.
+
+`adamw_tensor_step_` is the same step for one tensor with every hyperparameter a 0-D tensor: the form
+`MuonAdamW(compile=True)` runs under torch.compile, where the whole step becomes one fused loop over the
+tensor and a new lr or step count each step is a new input, not a recompile.
 """
 
 from __future__ import annotations
@@ -42,3 +46,22 @@ def adamw_step_(
     torch._foreach_div_(denom, bias2_sqrt)
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
+
+
+def adamw_tensor_step_(
+    param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
+    step: Tensor,          # 0-D float64 CPU tensors, like every hyperparameter below
+    *, lr: Tensor, beta1: Tensor, beta2: Tensor, eps: Tensor, weight_decay: Tensor,
+) -> None:
+    """`adamw_step_`'s op sequence for one tensor (the decay always runs: at wd 0 it multiplies by exactly 1).
+    Scalars are combined in float64 on the host, as adamw_step_ does in Python floats, then cast to the
+    tensor's compute dtype, as ATen does with a Python scalar."""
+    def c(x):
+        return x.to(torch.promote_types(param.dtype, torch.float32))
+
+    param.mul_(c(1 - lr * weight_decay))
+    exp_avg.lerp_(grad, c(1 - beta1))
+    exp_avg_sq.mul_(c(beta2))
+    exp_avg_sq.add_(grad * grad * c(1 - beta2))
+    denom = exp_avg_sq.sqrt() / c((1 - beta2**step) ** 0.5) + c(eps)
+    param.add_(exp_avg / denom * c(-(lr / (1 - beta1**step))))
