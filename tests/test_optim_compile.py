@@ -13,7 +13,7 @@ from test_optim_dist import STEPS, _worker
 from test_optim_fakes import FakeGPT, train_steps
 
 from raychat.optim import MuonAdamW, adamw_step_, build_optimizer
-from raychat.optim.adamw import adamw_tensor_step_
+from raychat.optim.adamw import adamw_coefficients, adamw_tensor_step_
 
 
 def _rel(a, b):
@@ -64,7 +64,8 @@ def test_compiled_adamw_tensor_step_matches_foreach_step():
         g = torch.randn(p.shape, generator=gen, dtype=torch.float64)
         lr, wd = 0.01 / step, 0.1 * step
         adamw_step_([a], [g], [ma], [va], [step], lr=lr, beta1=0.8, beta2=0.95, eps=1e-10, weight_decay=wd)
-        fn(b, g, mb, vb, t(step), lr=t(lr), beta1=t(0.8), beta2=t(0.95), eps=t(1e-10), weight_decay=t(wd))
+        hps = adamw_coefficients(step, lr=lr, beta1=0.8, beta2=0.95, eps=1e-10, weight_decay=wd)
+        fn(b, g, mb, vb, **{k: t(x) for k, x in hps.items()})
     torch.testing.assert_close(b, a, rtol=1e-13, atol=0)
     torch.testing.assert_close(vb, va, rtol=1e-13, atol=0)
     assert not torch.allclose(a, p)

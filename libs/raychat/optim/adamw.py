@@ -48,20 +48,29 @@ def adamw_step_(
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)
 
 
+def adamw_coefficients(step: int, *, lr: float, beta1: float, beta2: float, eps: float,
+                       weight_decay: float) -> dict[str, float]:
+    """The scalars of one AdamW step for `adamw_tensor_step_`, in Python floats as adamw_step_ computes them."""
+    return {"decay": 1 - lr * weight_decay, "one_minus_beta1": 1 - beta1, "beta2": beta2,
+            "one_minus_beta2": 1 - beta2, "bias2_sqrt": (1 - beta2**step) ** 0.5, "eps": eps,
+            "step_size": -(lr / (1 - beta1**step))}
+
+
 def adamw_tensor_step_(
     param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
-    step: Tensor,          # 0-D float64 CPU tensors, like every hyperparameter below
-    *, lr: Tensor, beta1: Tensor, beta2: Tensor, eps: Tensor, weight_decay: Tensor,
+    *, decay: Tensor, one_minus_beta1: Tensor, beta2: Tensor, one_minus_beta2: Tensor, bias2_sqrt: Tensor,
+    eps: Tensor, step_size: Tensor,  # `adamw_coefficients` as 0-D float64 CPU tensors
 ) -> None:
     """`adamw_step_`'s op sequence for one tensor (the decay always runs: at wd 0 it multiplies by exactly 1).
-    Scalars are combined in float64 on the host, as adamw_step_ does in Python floats, then cast to the
-    tensor's compute dtype, as ATen does with a Python scalar."""
+    The scalars come in combined on the host (a pow inside the compiled loop would run once per vector: it
+    made the fused step no faster than eager) and are cast to the tensor's compute dtype, as ATen does with a
+    Python scalar."""
     def c(x):
         return x.to(torch.promote_types(param.dtype, torch.float32))
 
-    param.mul_(c(1 - lr * weight_decay))
-    exp_avg.lerp_(grad, c(1 - beta1))
+    param.mul_(c(decay))
+    exp_avg.lerp_(grad, c(one_minus_beta1))
     exp_avg_sq.mul_(c(beta2))
-    exp_avg_sq.add_(grad * grad * c(1 - beta2))
-    denom = exp_avg_sq.sqrt() / c((1 - beta2**step) ** 0.5) + c(eps)
-    param.add_(exp_avg / denom * c(-(lr / (1 - beta1**step))))
+    exp_avg_sq.add_(grad * grad * c(one_minus_beta2))
+    denom = exp_avg_sq.sqrt() / c(bias2_sqrt) + c(eps)
+    param.add_(exp_avg / denom * c(step_size))

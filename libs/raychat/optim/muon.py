@@ -141,8 +141,8 @@ def muon_update_(
     (both on in nanochat's current recipe; off reproduces the earlier Muon step).
 
     lr, momentum, beta2 and weight_decay are Python floats (eager) or 0-D float64 CPU tensors: the form the
-    compiled step (MuonAdamW(compile=True)) passes, so that a new value each step is a new input, not a recompile. With a
-    tensor weight_decay the decay always runs (at 0 it subtracts exact zeros)."""
+    compiled step (MuonAdamW(compile=True)) passes, so that a new value each step is a new input, not a
+    recompile. With a tensor weight_decay the decay always runs (at 0 it subtracts exact zeros)."""
     m, n = params.shape[-2:]
     # Nesterov momentum: buf <- beta buf + (1 - beta) g ; u = (1 - beta) g + beta buf
     momentum_buffer.lerp_(grads, _hp(1 - momentum, momentum_buffer))

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from raychat.common import RaychatError, get_dist_info, print0
-from raychat.optim.adamw import adamw_step_, adamw_tensor_step_
+from raychat.optim.adamw import adamw_coefficients, adamw_step_, adamw_tensor_step_
 from raychat.optim.muon import muon_update_
 
 ADAMW_DEFAULTS = {"betas": (0.8, 0.95), "eps": 1e-10, "weight_decay": 0.0}
@@ -258,13 +258,14 @@ class MuonAdamW(torch.optim.Optimizer):
                 lst.append(x)
         beta1, beta2 = group["betas"]
         if self.compile:  # one fused loop per tensor
-            hps = {k: _hp(v) for k, v in (("lr", group["lr"]), ("beta1", beta1), ("beta2", beta2),
-                                          ("eps", group["eps"]), ("weight_decay", group["weight_decay"]))}
+            hps = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
+                   "weight_decay": group["weight_decay"]}
             for views, grads, m, v, steps in buckets.values():
                 for *ts, t in zip(views, grads, m, v, steps):
                     # a 0-D tensor goes in as a (1,) view: inductor takes 0-D CPU inputs for scalars and does
                     # not write its in-place updates back (seen with torch 2.13: smear_lambda never moved)
-                    _compiled(adamw_tensor_step_)(*(x.view(1) if x.ndim == 0 else x for x in ts), _hp(t), **hps)
+                    _compiled(adamw_tensor_step_)(*(x.view(1) if x.ndim == 0 else x for x in ts),
+                                                  **{k: _hp(x) for k, x in adamw_coefficients(t, **hps).items()})
         else:
             for views, grads, m, v, steps in buckets.values():
                 adamw_step_(views, grads, m, v, steps, lr=group["lr"], beta1=beta1, beta2=beta2,
