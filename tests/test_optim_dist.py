@@ -34,14 +34,15 @@ def _state_shapes(model, opt):
     return {names[id(p)]: {k: tuple(v.shape) for k, v in s.items() if torch.is_tensor(v)} for p, s in opt.state.items()}
 
 
-def _worker(rank, world, port, out_dir):
+def _worker(rank, world, port, out_dir, keys=tuple(DTYPES), compile=False):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         results = {}
-        for key, (dtype, _) in DTYPES.items():
+        for key in keys:
+            dtype = DTYPES[key][0]
             model = FakeGPT(dtype=dtype)
-            opt = build_optimizer(model, weight_decay=0.2)
+            opt = build_optimizer(model, weight_decay=0.2, compile=compile)
             train_steps(model, opt, 0, RESUME_AT, rank, world)
             ckpt = io.BytesIO()                             # this rank's checkpoint "file"
             torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, ckpt)
@@ -51,7 +52,7 @@ def _worker(rank, world, port, out_dir):
             loaded = torch.load(ckpt, weights_only=True)
             resumed = FakeGPT(dtype=dtype, seed=7)
             resumed.load_state_dict(loaded["model"])
-            opt2 = build_optimizer(resumed, weight_decay=0.2)
+            opt2 = build_optimizer(resumed, weight_decay=0.2, compile=compile)
             opt2.load_state_dict(loaded["optim"])
             train_steps(resumed, opt2, RESUME_AT, STEPS, rank, world)
             results[key] = {

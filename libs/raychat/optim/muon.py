@@ -104,27 +104,49 @@ def muon_lr_multiplier(shape: torch.Size | tuple[int, ...]) -> float:
     return max(1.0, rows / cols) ** 0.5
 
 
+def _hp(x, like: Tensor):
+    """A hyperparameter as an op against `like` takes it: a Python float as is (eager), a 0-D tensor (the
+    compiled step's inputs, float64 on the host so they hold the Python value exactly) cast to like's compute
+    dtype -- what ATen does with a Python scalar, so both paths round the same."""
+    if isinstance(x, Tensor):
+        return x.to(torch.promote_types(like.dtype, torch.float32))
+    return x
+
+
+def _sub_scaled_(y: Tensor, x: Tensor, a) -> None:
+    """y -= a x: one fused op for a Python float, a multiply then a subtract for a 0-D tensor (alpha= takes
+    numbers only; the compiled step fuses the two into one loop anyway)."""
+    if isinstance(a, Tensor):
+        y.sub_(x * _hp(a, y))
+    else:
+        y.sub_(x, alpha=a)
+
+
 def muon_update_(
     grads: Tensor,            # (k, m, n) this rank's gradients for k same-shape matrices; overwritten
     params: Tensor,           # (k, m, n) stacked parameters, updated in place
     momentum_buffer: Tensor,  # (k, m, n) first moment, param dtype
     second_moment: Tensor,    # (k, m, 1) if m >= n else (k, 1, n), fp32: NorMuon's factored variance
     *,
-    lr: float,
-    momentum: float,
-    beta2: float,
-    weight_decay: float,
+    lr: float | Tensor,
+    momentum: float | Tensor,
+    beta2: float | Tensor,
+    weight_decay: float | Tensor,
     ns_steps: int,
     equilibrate: bool = True,
     renormalize: bool = True,
 ) -> None:
     """One Muon step on a stack of matrices (the caller copies `params` back into the Parameters).
     equilibrate: MuonEq row equilibration before orthogonalizing; renormalize: Muon+ norm snap after it
-    (both on in nanochat's current recipe; off reproduces the earlier Muon step)."""
+    (both on in nanochat's current recipe; off reproduces the earlier Muon step).
+
+    lr, momentum, beta2 and weight_decay are Python floats (eager) or 0-D float64 CPU tensors: the form the
+    compiled step (MuonAdamW(compile=True)) passes, so that a new value each step is a new input, not a
+    recompile. With a tensor weight_decay the decay always runs (at 0 it subtracts exact zeros)."""
     m, n = params.shape[-2:]
     # Nesterov momentum: buf <- beta buf + (1 - beta) g ; u = (1 - beta) g + beta buf
-    momentum_buffer.lerp_(grads, 1 - momentum)
-    u = grads.lerp_(momentum_buffer, momentum)
+    momentum_buffer.lerp_(grads, _hp(1 - momentum, momentum_buffer))
+    u = grads.lerp_(momentum_buffer, _hp(momentum, grads))
     if equilibrate:
         # MuonEq (arXiv:2603.28254): give every row the mean row norm (Frobenius norm unchanged), so one row
         # with a huge gradient does not dominate the spectrum; the polar iteration then starts from a better
@@ -145,17 +167,18 @@ def muon_update_(
     red_dim = -1 if m >= n else -2
     red_size = X.size(red_dim)
     v_mean = X.square().mean(dim=red_dim, keepdim=True)                       # (k, m, 1) or (k, 1, n)
-    second_moment.lerp_(v_mean.to(second_moment.dtype), 1 - beta2)
+    second_moment.lerp_(v_mean.to(second_moment.dtype), _hp(1 - beta2, second_moment))
     step_size = second_moment.clamp_min(1e-10).rsqrt().to(X.dtype)            # (k, m, 1) or (k, 1, n)
     norm_sq = v_mean.sum(dim=(-2, -1), keepdim=True) * red_size               # (k, 1, 1) = ||X||_F^2
     new_norm_sq = (v_mean * step_size.square()).sum(dim=(-2, -1), keepdim=True) * red_size
     X.mul_(step_size * (norm_sq / new_norm_sq.clamp_min(1e-20)).sqrt())
 
     lr = lr * muon_lr_multiplier(params.shape)
-    if weight_decay != 0:
+    if isinstance(weight_decay, Tensor) or weight_decay != 0:
         # Cautious weight decay (arXiv:2510.12402): decay only the entries where the update X (which is
         # subtracted) and the parameter agree in sign, i.e. where the step already moves towards zero;
         # elsewhere decay would fight the gradient. Scaled by the same (shape-scaled) lr as the update.
         mask = (X * params) >= 0
-        params.sub_(params * mask, alpha=lr * weight_decay)
-    params.sub_(X.to(params.dtype), alpha=lr)
+        _sub_scaled_(params, params * mask, lr * weight_decay)
+    _sub_scaled_(params, X.to(params.dtype), lr)
+

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from raychat.common import RaychatError, get_dist_info, print0
-from raychat.optim.adamw import adamw_step_
+from raychat.optim.adamw import adamw_coefficients, adamw_step_, adamw_tensor_step_
 from raychat.optim.muon import muon_update_
 
 ADAMW_DEFAULTS = {"betas": (0.8, 0.95), "eps": 1e-10, "weight_decay": 0.0}
@@ -47,6 +47,26 @@ MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "beta2": 0.9, "weight_decay": 
 # AdamW params smaller than this are all-reduced and updated on every rank: their state is negligible and a
 # separate reduce-scatter + all-gather per tiny tensor would cost more latency than it saves.
 MIN_SHARD_NUMEL = 1024
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """torch.compile(fn, dynamic=False, fullgraph=True), made once per function for the process: one graph
+    per input shape (and static argument: ns_steps, the MuonEq/Muon+ flags), hyperparameters as 0-D tensor
+    inputs, so the schedule's new lr/momentum/wd each step reuses the graph. Inductor fuses each elementwise
+    chain (momentum, MuonEq, Muon+, NorMuon, decay; the whole AdamW step) into a few loops and leaves the Polar
+    Express matmuls to the BLAS. Compiling happens on the first step (the loop does not time it)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _COMPILED[fn]
+
+
+def _hp(x: float) -> Tensor:
+    """A hyperparameter as the compiled step's input: a 0-D float64 CPU tensor holds the Python float exactly
+    (the step casts it to the compute dtype; a CPU scalar can feed a CUDA kernel)."""
+    return torch.tensor(float(x), dtype=torch.float64)
 
 
 def _grads_or_zeros(params: list[Tensor]) -> list[Tensor]:
@@ -79,9 +99,14 @@ class MuonAdamW(torch.optim.Optimizer):
 
     Every group gets "initial_lr" (= lr unless given) so loops can set group["lr"] = initial_lr * multiplier;
     loops may also set group["momentum"] (Muon warm-up, see `muon_momentum`) and group["weight_decay"].
+
+    compile=True runs each Muon stack update and each AdamW tensor update under torch.compile (see
+    `_compiled`): the same math to fp32 round-off (tested), without the eager path's one pass over memory
+    per elementwise op. The first step compiles (seconds per shape on a CPU; inductor caches on disk).
     """
 
-    def __init__(self, param_groups: list[dict]):
+    def __init__(self, param_groups: list[dict], compile: bool = False):
+        self.compile = compile
         super().__init__(param_groups, defaults={})
 
     def add_param_group(self, param_group: dict) -> None:
@@ -164,10 +189,13 @@ class MuonAdamW(torch.optim.Optimizer):
                 vdtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32  # fp32 at least
                 state["second_momentum_buffer"] = torch.zeros(vshape, dtype=vdtype, device=params[0].device)
             stacked = torch.stack(owned)  # (n_own, m, n)
-            muon_update_(red.grad_chunk[:n_own], stacked, state["momentum_buffer"], state["second_momentum_buffer"],
-                         lr=group["lr"], momentum=group["momentum"], beta2=group["beta2"],
-                         weight_decay=group["weight_decay"], ns_steps=group["ns_steps"],
-                         equilibrate=group["equilibrate"], renormalize=group["renormalize"])
+            hps = {k: group[k] for k in ("lr", "momentum", "beta2", "weight_decay")}
+            update = muon_update_
+            if self.compile:
+                update, hps = _compiled(muon_update_), {k: _hp(v) for k, v in hps.items()}
+            update(red.grad_chunk[:n_own], stacked, state["momentum_buffer"], state["second_momentum_buffer"],
+                   **hps, ns_steps=group["ns_steps"], equilibrate=group["equilibrate"],
+                   renormalize=group["renormalize"])
         if world == 1:
             torch._foreach_copy_(owned, list(stacked.unbind(0)))
             return []
@@ -229,9 +257,19 @@ class MuonAdamW(torch.optim.Optimizer):
             for lst, x in zip(b, (view, it.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
                 lst.append(x)
         beta1, beta2 = group["betas"]
-        for views, grads, m, v, steps in buckets.values():
-            adamw_step_(views, grads, m, v, steps, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                        weight_decay=group["weight_decay"])
+        if self.compile:  # one fused loop per tensor
+            hps = {"lr": group["lr"], "beta1": beta1, "beta2": beta2, "eps": group["eps"],
+                   "weight_decay": group["weight_decay"]}
+            for views, grads, m, v, steps in buckets.values():
+                for *ts, t in zip(views, grads, m, v, steps):
+                    # a 0-D tensor goes in as a (1,) view: inductor takes 0-D CPU inputs for scalars and does
+                    # not write its in-place updates back (seen with torch 2.13: smear_lambda never moved)
+                    _compiled(adamw_tensor_step_)(*(x.view(1) if x.ndim == 0 else x for x in ts),
+                                                  **{k: _hp(x) for k, x in adamw_coefficients(t, **hps).items()})
+        else:
+            for views, grads, m, v, steps in buckets.values():
+                adamw_step_(views, grads, m, v, steps, lr=group["lr"], beta1=beta1, beta2=beta2,
+                            eps=group["eps"], weight_decay=group["weight_decay"])
         finishers = []
         for it in items:
             if it.sharded:  # in-place all-gather: this rank's rows of p are already the input slice
@@ -264,7 +302,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr: float = 0.008,
                     matrix_lr: float = 0.02, scalar_lr: float = 0.5, weight_decay: float = 0.0,
-                    adam_betas: tuple[float, float] | None = None) -> MuonAdamW:
+                    adam_betas: tuple[float, float] | None = None, compile: bool = False) -> MuonAdamW:
     """MuonAdamW over `model.param_groups()` (keys embedding, value_embeds, lm_head, matrices, scalars), with
     nanochat's current per-group settings (lr x width scale s, betas, decoupled AdamW weight decay):
 
@@ -290,7 +328,7 @@ def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr:
     Muon for the block matrices: matrix_lr, one group per shape; momentum 0.95 (the loop schedules it with
     `muon_momentum`), 5 Polar Express iterations, NorMuon beta2 0.9, MuonEq + Muon+; its update is already
     scale-free (orthogonal, then shape-scaled by max(1, rows/cols)^0.5 in muon.py). weight_decay is the
-    cautious decay of the Muon groups (scheduled by the loop via group["weight_decay"]).
+    cautious decay of the Muon groups (scheduled by the loop via group["weight_decay"]). compile: see MuonAdamW.
     """
     named = model.param_groups()
     expected = {"embedding", "value_embeds", "lm_head", "matrices", "scalars"}
@@ -336,4 +374,4 @@ def build_optimizer(model: nn.Module, embedding_lr: float = 0.3, unembedding_lr:
         groups.append({"kind": "muon", "name": f"matrices{shape[0]}x{shape[1]}", "lr": matrix_lr,
                        "params": [p for p in matrices if tuple(p.shape) == shape], **MUON_DEFAULTS,
                        "weight_decay": weight_decay})
-    return MuonAdamW([g for g in groups if g["params"]])
+    return MuonAdamW([g for g in groups if g["params"]], compile=compile)

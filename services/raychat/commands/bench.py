@@ -1,4 +1,4 @@
-"""`raychat bench train|engine|loader|core|muon|serve|all`: run the benchmarks in benchmarks/ and record their
+"""`raychat bench train|engine|loader|core|muon|optim|serve|all`: run the benchmarks in benchmarks/ and record their
 tables in <out>/RESULTS.md (one section per benchmark, replaced on each run, with the exact command, machine,
 load average, date and commit) and the raw output in <out>/results/<name>.txt.
 
@@ -9,6 +9,7 @@ $RAYCHAT_HOME/bench (inside the image the install folder belongs to root; the ho
     raychat bench engine                 # prefill/decode tokens/s, TTFT, continuous batching vs sequential
     raychat bench serve                  # 32 concurrent WebSocket clients against a local Ray Serve app
     raychat bench quality                # the d4 quality race: val bpb at equal tokens, training tokens/s
+    raychat bench optim                  # MuonAdamW.step() ms, eager vs compiled, at the race's d4 and d8
     raychat bench all                    # everything above (and loader, core, muon)
     raychat bench train -- --steps 20    # extra arguments after -- go to the benchmark script
 """
@@ -31,6 +32,7 @@ BENCHES = {
     "loader": ["benchmarks/bench_loader.py"],
     "core": ["benchmarks/bench_core.py"],
     "muon": ["benchmarks/bench_muon.py"],
+    "optim": ["benchmarks/bench_optim.py"],
     "serve": ["benchmarks/bench_serve.py"],
     "quality": ["benchmarks/bench_quality.py"],
 }

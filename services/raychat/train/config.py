@@ -64,7 +64,7 @@ class StageConfig:
     device: str = ""                      # "" = auto (cuda if available)
     dtype: str = ""                       # "" = auto (bf16 on SM80+, fp32 elsewhere)
     num_threads: int = 0                  # torch CPU threads per worker; 0 = cores / workers
-    compile: bool = False                 # torch.compile the training forward (GPU)
+    compile: bool = False                 # torch.compile the training forward and the optimizer step
     seed: int = 42
     max_seconds: float = 0.0              # stop early after this much training time; 0 = no limit
     metrics_port: int = -1                # Prometheus port on rank 0; -1 = env RAYCHAT_METRICS_PORT or 9101; 0 = off

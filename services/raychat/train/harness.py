@@ -289,7 +289,9 @@ class Harness:
             if model_config is None:
                 raise RaychatError(f"checkpoint {ckpt}: meta.json has no model_config")
         model = build_model(model_config, device=self.dev.device, dtype=self.dev.dtype)
-        optimizer = build_optimizer(model, **lrs)
+        # compile the optimizer step with the model (RAYCHAT_OPTIM_COMPILE=0: eager step, compiled model)
+        opt_compile = self.cfg.compile and os.environ.get("RAYCHAT_OPTIM_COMPILE", "1") != "0"
+        optimizer = build_optimizer(model, **lrs, compile=opt_compile)
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
             g.setdefault("initial_weight_decay", g.get("weight_decay", 0.0))
