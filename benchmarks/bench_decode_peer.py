@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts, the same on both sides")
     ap.add_argument("--repeats", type=int, default=3, help="runs per figure; the best is reported")
     ap.add_argument("--prompt", default="The capital of France is", help="prompt text (<|bos|> is prepended)")
+    ap.add_argument("--modes", default="eager,compiled",
+                    help="raychat decode paths: eager (Engine's default), compiled (Engine(compile_decode=True))")
     ap.add_argument("--no-peer", action="store_true", help="time raychat only (no nanochat subprocess)")
     args = ap.parse_args(argv)
     try:
@@ -95,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.threads = [int(x) for x in args.threads.split(",")]
     except ValueError:
         ap.error("--batches and --threads take comma-separated integers, e.g. 1,8")
+    args.modes = args.modes.split(",")
+    if not args.modes or set(args.modes) - {"eager", "compiled"}:
+        ap.error(f"--modes: expected eager and/or compiled, got {','.join(args.modes)}")
     if min(args.batches + args.threads) < 1 or args.tokens < 1 or args.repeats < 1:
         ap.error("--batches, --threads, --tokens and --repeats must be >= 1")
     args.checkpoint = args.checkpoint or str(Path(args.base_dir) / "base_checkpoints" / "d4")
@@ -148,10 +153,17 @@ def run_peer(args, threads: int, prompt: list[int], logits_out: str | None, repe
     return parse_peer_output(proc.stdout)
 
 
-def run_raychat(model, tokenizer, prompt: list[int], tokens: int, batch: int) -> dict:
-    from raychat.engine import Engine, SamplingParams
+def raychat_engine(model, tokenizer, batch: int, mode: str):
+    """mode "eager" (what `raychat serve/chat` run) or "compiled" (Engine(compile_decode=True): compiled here, at
+    engine start, not in the timed runs)."""
+    from raychat.engine import Engine
 
-    eng = Engine(model, tokenizer, max_batch_size=batch, decode_layout="auto")
+    return Engine(model, tokenizer, max_batch_size=batch, decode_layout="auto", compile_decode=mode == "compiled")
+
+
+def run_raychat(eng, prompt: list[int], tokens: int, batch: int) -> dict:
+    from raychat.engine import SamplingParams
+
     eng.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=tokens + 1, num_samples=batch))
     cols: dict[int, list[int]] = {}
     first = eng.step()  # prefill + first token: not timed
@@ -190,19 +202,24 @@ def main(argv: list[str] | None = None) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         logits_out = tempfile.mktemp(suffix=".pt") if threads == args.threads[0] and not args.no_peer else None
-        ours, peer_runs = [], []
+        engines = {(m, b): raychat_engine(model, tokenizer, b, m) for m in args.modes for b in args.batches}
+        ours, peer_runs = {m: [] for m in args.modes}, []
         for r in range(args.repeats):  # alternate: a load change on a shared box hits both
             if not args.no_peer:
                 peer_runs += run_peer(args, threads, prompt, logits_out if r == 0 else None, 1)["runs"]
-            ours += [run_raychat(model, tokenizer, prompt, args.tokens, b) for b in args.batches]
-        mine, theirs = best_runs(ours), best_runs(peer_runs)
-        for b in args.batches:
-            rc, nc = tokens_per_s(mine[b]), (tokens_per_s(theirs[b]) if b in theirs else None)
-            rows.append((threads, b, rc, nc))
-            if b in theirs:
-                d = first_difference(mine[b]["tokens"], theirs[b]["tokens"])
-                checks.append(f"threads {threads}, B={b}: greedy tokens " + (
-                    f"equal ({len(mine[b]['tokens'])})" if d is None else f"DIFFER from position {d}"))
+            for (m, b), eng in engines.items():
+                ours[m].append(run_raychat(eng, prompt, args.tokens, b))
+        theirs = best_runs(peer_runs)
+        for m in args.modes:
+            mine = best_runs(ours[m])
+            for b in args.batches:
+                rc, nc = tokens_per_s(mine[b]), (tokens_per_s(theirs[b]) if b in theirs else None)
+                rows.append((threads, b, m, rc, nc))
+                ref = theirs[b]["tokens"] if b in theirs else best_runs(ours[args.modes[0]])[b]["tokens"]
+                d = first_difference(mine[b]["tokens"], ref)
+                checks.append(f"threads {threads}, B={b}, raychat {m}: greedy tokens vs "
+                              f"{'nanochat' if b in theirs else 'raychat ' + args.modes[0]} " +
+                              (f"equal ({len(ref)})" if d is None else f"DIFFER from position {d}"))
         if logits_out and os.path.exists(logits_out):
             ref = torch.load(logits_out, weights_only=True)
             os.unlink(logits_out)
@@ -212,10 +229,10 @@ def main(argv: list[str] | None = None) -> None:
             checks.append(f"full forward of prompt + nanochat's tokens ({len(ids)} positions): max |logit "
                           f"difference| {(got - ref).abs().max().item():.2e} (logits within +-"
                           f"{model.config.logit_softcap:g})")
-    print("| threads | batch | raychat tok/s | nanochat tok/s | raychat / nanochat |")
-    print("|---|---|---|---|---|")
-    for threads, b, rc, nc in rows:
-        print(f"| {threads} | {b} | {rc:,.0f} | " + (f"{nc:,.0f} | {rc / nc:.2f}x |" if nc else "- | - |"))
+    print("| threads | batch | raychat decode | raychat tok/s | nanochat tok/s | raychat / nanochat |")
+    print("|---|---|---|---|---|---|")
+    for threads, b, m, rc, nc in rows:
+        print(f"| {threads} | {b} | {m} | {rc:,.0f} | " + (f"{nc:,.0f} | {rc / nc:.2f}x |" if nc else "- | - |"))
     print("\n" + "\n".join(checks))
     print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
