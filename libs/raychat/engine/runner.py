@@ -150,8 +150,8 @@ def compiled_capture(fn, device, pool):
     decode step is one call into generated C++ instead of ~400 small ops dispatched from Python. At batch 1 on a
     small model that dispatch is over half a step (d4, 1 thread: ~2.0 ms eager, of which the weights' 27 GEMVs
     are ~0.85 ms; ~1.3 ms compiled): see benchmarks/bench_decode_peer.py. The C++ wrapper matters: inductor's
-    default Python wrapper kept ~0.3 ms of per-kernel Python per step. Each bucket compiles once (a few seconds each with inductor's on-disk cache warm, tens
-    of seconds cold); `replay` reruns it into the same output buffer."""
+    default Python wrapper kept ~0.3 ms of per-kernel Python per step. Each bucket compiles once (a few seconds
+    with inductor's on-disk cache warm, tens of seconds cold); `replay` reruns it into the same output buffer."""
     step = torch.compile(fn, dynamic=False, options={"cpp_wrapper": True})
     out = step()
     return (lambda: out.copy_(step())), out
