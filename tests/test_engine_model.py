@@ -461,3 +461,52 @@ def test_capacity_from_a_memory_budget_and_clear_errors(capsys):
                        ({"kv_cache_memory": slot, "gpu_memory_utilization": 0.5}, "not both")]:
         with pytest.raises(RaychatError, match=needle):
             Engine(model, SPECIALS, **kw)
+
+
+def test_compiled_decode_matches_eager_tokens_and_logits():
+    """Engine(compile_decode=True) on CPU: the decode step compiled by torch.compile in buckets 1, 2, 3 (3 slots).
+    Its logits equal the eager runner's on the same cache state (rows at different lengths, a hole), and
+    every request's greedy tokens, with joins, holes and bucket padding, equal running it alone eagerly."""
+    model = make_model(seed=3, sequence_len=64, window_pattern="SSL")
+    g = torch.Generator().manual_seed(0)
+    eager, comp = ModelRunner(model, 3, 48), ModelRunner(model, 3, 48, compile_decode=True)
+    assert comp.graphed is not None and comp.graphed.buckets == [1, 2, 3]
+    assert comp.cache.seqlens.tolist() == [0] * 3  # the compile's warm-up left no trace
+    for row, n in ((0, 5), (1, 19)):
+        toks = torch.randint(2, 97, (n,), generator=g).tolist()
+        eager.prefill(row, toks)
+        comp.prefill(row, toks)
+    for _ in range(4):  # rows 0 and 1 decode (bucket 2), then row 2 is a hole in bucket 3
+        step = torch.randint(2, 97, (2,), generator=g).tolist()
+        torch.testing.assert_close(comp.decode(step, []), eager.decode(step, []), atol=2e-5, rtol=1e-5)
+    step = torch.randint(2, 97, (3,), generator=g).tolist()
+    torch.testing.assert_close(comp.decode(step, [2]), eager.decode(step, [2]), atol=2e-5, rtol=1e-5)
+    assert comp.cache.seqlens.tolist() == eager.cache.seqlens.tolist() == [10, 24, 0]
+    torch.testing.assert_close(comp.cache.prev_emb, eager.cache.prev_emb)
+
+    prompts = [torch.randint(2, 97, (n,), generator=g).tolist() for n in (5, 17, 9, 3)]
+    lengths = [30, 7, 20, 25]
+    alone = [Engine(model, SPECIALS, max_batch_size=1).generate(p, SamplingParams(temperature=0.0, max_tokens=n))[0]
+             for p, n in zip(prompts, lengths)]
+    eng = Engine(model, SPECIALS, max_batch_size=3, max_seq_len=48, compile_decode=True)
+    spans = []
+    decode = eng.runner.graphed.decode
+    eng.runner.graphed.decode = lambda tokens, holes: spans.append(len(tokens)) or decode(tokens, holes)
+    got = run_with_arrivals(eng, prompts, [SamplingParams(temperature=0.0, max_tokens=n) for n in lengths],
+                            gap=lambda i: 2 + i)
+    for i in range(len(prompts)):
+        assert got[i] == alone[i], f"request {i} differs through the compiled decode"
+    assert {1, 2, 3} <= set(spans)
+
+
+def test_compiled_decode_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = make_model(seed=1)
+    with pytest.warns(UserWarning, match="compiled decoding is off \\(RuntimeError: no C\\+\\+ compiler\\)"):
+        eng = Engine(model, SPECIALS, max_batch_size=2, compile_decode=True)
+    assert eng.runner.graphed is None
+    p = SamplingParams(temperature=0.0, max_tokens=10)
+    assert eng.generate([2, 3, 4], p) == Engine(model, SPECIALS).generate([2, 3, 4], p)

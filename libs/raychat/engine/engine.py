@@ -65,7 +65,7 @@ class Engine:
                  max_prefill_tokens: int = 4096, decode_layout: bool | str = False,
                  cuda_graphs: bool | None = None, kv_cache_memory: int | None = None,
                  gpu_memory_utilization: float | None = None, prefix_caching: bool = False,
-                 prefill_chunk: int | None = None):
+                 prefill_chunk: int | None = None, compile_decode: bool = False):
         """tokenizer: a raychat Tokenizer (enables tool use: expressions are decoded and results encoded with
         it) or a dict {special token name: id} (no tool use). max_seq_len: KV-cache positions per row,
         default the model's sequence_len. tool_fn: expression -> result text (default: the calculator);
@@ -73,7 +73,9 @@ class Engine:
         (runner.use_decode_layout): True = every long weight, "auto" = those this CPU's GEMV runs faster
         re-laid (timed once at start) — for a model used only for inference, never for one still trained.
         cuda_graphs: decode steps as CUDA graphs (runner.GraphedDecode); None = on when the model is on a CUDA
-        device, False = eager, True = required.
+        device, False = eager, True = required. compile_decode (CPU): decode steps compiled by torch.compile, one
+        graph per batch bucket, compiled at start (runner.compiled_capture; seconds per bucket): for a model used
+        only for inference; falls back to eager decoding with a warning when compilation fails.
 
         KV capacity (kv_slots): without a budget the cache has max_batch_size slots of max_seq_len positions.
         kv_cache_memory (bytes) or gpu_memory_utilization (fraction of the GPU's memory this process may use,
@@ -95,7 +97,8 @@ class Engine:
         if self.kv_info["source"] != "max_batch_size":
             print(describe_capacity(self.kv_info), file=sys.stderr, flush=True)
         self.runner = ModelRunner(model, self.max_batch_size, self.max_seq_len, decode_rows=decode_rows,
-                                  decode_layout=decode_layout, cuda_graphs=cuda_graphs)
+                                  decode_layout=decode_layout, cuda_graphs=cuda_graphs,
+                                  compile_decode=compile_decode)
         self._sched_args = dict(prefill_chunk=prefill_chunk, max_prefill_tokens=max_prefill_tokens)
         self.prefix_caching = prefix_caching
         self._new_scheduler()

@@ -145,8 +145,21 @@ def _cuda_capture(fn, device, pool):
     return g.replay, out
 
 
+def compiled_capture(fn, device, pool):
+    """GraphedDecode's capture on CPU: fn compiled by torch.compile (inductor, fixed shapes, C++ wrapper), so a
+    decode step is one call into generated C++ instead of ~400 small ops dispatched from Python. At batch 1 on a
+    small model that dispatch is over half a step (d4, 1 thread: ~2.0 ms eager, of which the weights' 27 GEMVs
+    are ~0.85 ms; ~1.3 ms compiled): see benchmarks/bench_decode_peer.py. The C++ wrapper matters: inductor's
+    default Python wrapper kept ~0.3 ms of per-kernel Python per step. Each bucket compiles once (a few seconds
+    with inductor's on-disk cache warm, tens of seconds cold); `replay` reruns it into the same output buffer."""
+    step = torch.compile(fn, dynamic=False, options={"cpp_wrapper": True})
+    out = step()
+    return (lambda: out.copy_(step())), out
+
+
 class GraphedDecode:
-    """The one-token decode step as CUDA graphs, one per batch bucket (1, 2, 4, ... max_batch_size).
+    """The one-token decode step as CUDA graphs, one per batch bucket (1, 2, 4, ... max_batch_size), or on CPU
+    compiled by torch.compile (`compiled_capture`, `ModelRunner(compile_decode=True)`), with the same buckets.
 
     On a GPU a small model's decode step is a few hundred kernel launches from Python, and the launches, not the
     GPU, set the pace (`benchmarks/RESULTS.md`, GPU section: ~7 ms a step at d12). A graph replays them in one
@@ -213,7 +226,7 @@ class GraphedDecode:
 
 class ModelRunner:
     def __init__(self, model, max_batch_size: int, max_seq_len: int, decode_rows: str = "prefix",
-                 decode_layout: bool | str = False, cuda_graphs: bool | None = None):
+                 decode_layout: bool | str = False, cuda_graphs: bool | None = None, compile_decode: bool = False):
         from raychat.model.kv_cache import KVCache
 
         if decode_rows not in ("prefix", "full"):
@@ -237,7 +250,15 @@ class ModelRunner:
         if cuda_graphs and self.device.type != "cuda":
             raise RaychatError(f"cuda_graphs=True needs the model on a CUDA device; it is on {self.device}")
         self.graphed: GraphedDecode | None = None
-        if cuda_graphs is not False and self.device.type == "cuda":
+        if compile_decode:
+            if self.device.type != "cpu":
+                raise RaychatError(f"compile_decode is for CPU decoding (CUDA has cuda_graphs); the model is on "
+                                   f"{self.device}")
+            try:
+                self.graphed = GraphedDecode(self, capture=compiled_capture)
+            except Exception as e:  # noqa: BLE001 - no C++ compiler, an op inductor cannot lower: decode eagerly
+                warnings.warn(f"compiled decoding is off ({type(e).__name__}: {e}); decoding eagerly", stacklevel=2)
+        elif cuda_graphs is not False and self.device.type == "cuda":
             try:
                 self.graphed = GraphedDecode(self)
             except Exception as e:  # noqa: BLE001 - an engine without graphs still works, only slower

@@ -10,6 +10,7 @@ $RAYCHAT_HOME/bench (inside the image the install folder belongs to root; the ho
     raychat bench serve                  # 32 concurrent WebSocket clients against a local Ray Serve app
     raychat bench quality                # the d4 quality race: val bpb at equal tokens, training tokens/s
     raychat bench optim                  # MuonAdamW.step() ms, eager vs compiled, at the race's d4 and d8
+    raychat bench decode-peer            # greedy decode tok/s vs nanochat's Engine on one checkpoint
     raychat bench all                    # everything above (and loader, core, muon)
     raychat bench train -- --steps 20    # extra arguments after -- go to the benchmark script
 """
@@ -35,6 +36,7 @@ BENCHES = {
     "optim": ["benchmarks/bench_optim.py"],
     "serve": ["benchmarks/bench_serve.py"],
     "quality": ["benchmarks/bench_quality.py"],
+    "decode-peer": ["benchmarks/bench_decode_peer.py"],
 }
 
 
