@@ -46,6 +46,18 @@ def test_one_shot_prints_reply(tiny_run_dir, loaded, capsys):
     assert "tokens" in err and "tok/s" in err
 
 
+def test_compiled_decode_gives_the_same_reply(tiny_run_dir, loaded, capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="compiled decoding is off")  # the compiled path, not the fallback
+        rc = main(["chat", "--run-dir", str(tiny_run_dir), "-p", "Hello there", "--temperature", "0",
+                   "--max-tokens", "12", "--compile-decode"])
+    out, _ = capsys.readouterr()
+    want, _ = expected_reply(loaded, [{"role": "user", "content": "Hello there"}])
+    assert rc == 0 and out == want + "\n"
+
+
 def test_one_shot_base_stage_is_plain_completion(tiny_run_dir, loaded, capsys):
     rc = main(["chat", "--run-dir", str(tiny_run_dir), "--stage", "base", "-p", "The cat", "--temperature", "0",
                "--max-tokens", "12"])

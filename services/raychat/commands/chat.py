@@ -41,6 +41,10 @@ def add_arguments(p):
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: detected)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bf16 on SM80+ GPUs, else fp32)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--compile-decode", action="store_true",
+                   help="CPU: compile the decode step with torch.compile at start (seconds with a warm compile "
+                        "cache, tens of seconds cold); batch-1 decode ~1.6x faster at d4 (benchmarks/RESULTS.md, "
+                        "decode-peer)")
     p.add_argument("--stats", action="store_true", help="print tokens, TTFT and tokens/s after each reply (stderr)")
 
 
@@ -150,7 +154,8 @@ def run(args):
                                        dtype=args.dtype)
     if tokenizer is None:
         raise RaychatError(f"no tokenizer found for checkpoint {meta['checkpoint_dir']} (expected <run>/tokenizer)")
-    engine = Engine(model, tokenizer, max_batch_size=1, max_seq_len=args.max_seq_len, decode_layout="auto")
+    engine = Engine(model, tokenizer, max_batch_size=1, max_seq_len=args.max_seq_len, decode_layout="auto",
+                    compile_decode=args.compile_decode)
     raw = args.raw or args.stage == "base"
     session = ChatSession(engine, tokenizer, params, raw=raw)
 
