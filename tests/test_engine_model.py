@@ -251,6 +251,21 @@ def emulate_cuda_graphs(eng: Engine) -> Engine:
     return eng
 
 
+def greedy_alone_equals_captured(model, eng, prompts, lengths, what: str) -> list[int]:
+    """Each prompt decoded alone (eager, batch 1) equals it decoded through eng's captured decode (CUDA graphs
+    or compiled) with requests arriving at staggered steps; returns the batch sizes the captured decode ran."""
+    alone = [Engine(model, SPECIALS, max_batch_size=1).generate(p, SamplingParams(temperature=0.0, max_tokens=n))[0]
+             for p, n in zip(prompts, lengths)]
+    spans = []
+    decode = eng.runner.graphed.decode
+    eng.runner.graphed.decode = lambda tokens, holes: spans.append(len(tokens)) or decode(tokens, holes)
+    got = run_with_arrivals(eng, prompts, [SamplingParams(temperature=0.0, max_tokens=n) for n in lengths],
+                            gap=lambda i: 2 + i)
+    for i in range(len(prompts)):
+        assert got[i] == alone[i], f"request {i} differs through the {what} decode"
+    return spans
+
+
 def run_with_arrivals(eng: Engine, prompts, params, gap) -> dict[int, list[int]]:
     """Add request i after gap(i) engine steps; step until done. -> {request index: generated tokens, without a
     final stop token}."""
@@ -306,18 +321,10 @@ def test_graphed_decode_gives_the_same_greedy_tokens_with_joins_holes_and_bucket
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(2, 97, (n,), generator=g).tolist() for n in (5, 17, 9, 30, 3, 12)]
     lengths = [40, 7, 25, 30, 33, 18]
-    alone = [Engine(model, SPECIALS, max_batch_size=1).generate(p, SamplingParams(temperature=0.0, max_tokens=n))[0]
-             for p, n in zip(prompts, lengths)]
     eng = emulate_cuda_graphs(Engine(model, SPECIALS, max_batch_size=5))
     assert eng.runner.graphed.buckets == [1, 2, 4, 5]
     assert eng.runner.cache.seqlens.tolist() == [0] * 5  # capture's warm-up left no trace
-    spans = []
-    decode = eng.runner.graphed.decode
-    eng.runner.graphed.decode = lambda tokens, holes: spans.append(len(tokens)) or decode(tokens, holes)
-    got = run_with_arrivals(eng, prompts, [SamplingParams(temperature=0.0, max_tokens=n) for n in lengths],
-                            gap=lambda i: 2 + i)
-    for i in range(len(prompts)):
-        assert got[i] == alone[i], f"request {i} differs through the graphed decode"
+    spans = greedy_alone_equals_captured(model, eng, prompts, lengths, "graphed")
     assert {1, 3, 5} <= set(spans)  # padded into buckets 1, 4 and 5
 
 
@@ -486,16 +493,8 @@ def test_compiled_decode_matches_eager_tokens_and_logits():
 
     prompts = [torch.randint(2, 97, (n,), generator=g).tolist() for n in (5, 17, 9, 3)]
     lengths = [30, 7, 20, 25]
-    alone = [Engine(model, SPECIALS, max_batch_size=1).generate(p, SamplingParams(temperature=0.0, max_tokens=n))[0]
-             for p, n in zip(prompts, lengths)]
     eng = Engine(model, SPECIALS, max_batch_size=3, max_seq_len=48, compile_decode=True)
-    spans = []
-    decode = eng.runner.graphed.decode
-    eng.runner.graphed.decode = lambda tokens, holes: spans.append(len(tokens)) or decode(tokens, holes)
-    got = run_with_arrivals(eng, prompts, [SamplingParams(temperature=0.0, max_tokens=n) for n in lengths],
-                            gap=lambda i: 2 + i)
-    for i in range(len(prompts)):
-        assert got[i] == alone[i], f"request {i} differs through the compiled decode"
+    spans = greedy_alone_equals_captured(model, eng, prompts, lengths, "compiled")
     assert {1, 2, 3} <= set(spans)
 
 
