@@ -83,3 +83,31 @@ def test_registered_as_raychat_bench_decode_peer():
     from raychat.commands.bench import BENCHES
 
     assert BENCHES["decode-peer"] == ["benchmarks/bench_decode_peer.py"]
+
+
+def test_bench_all_leaves_out_the_peer_benchmark(monkeypatch):
+    """`raychat bench all` must run on a box without nanochat: decode-peer runs only by name."""
+    import argparse
+
+    import raychat.commands.bench as bench
+
+    ran = []
+
+    class FailedRun:  # every script "fails" at once, so run() goes on to the next one and nothing is recorded
+        stdout = ()
+
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(bench.subprocess, "Popen", lambda argv, **kw: ran.append(argv[1]) or FailedRun())
+    monkeypatch.setattr(bench, "BENCHES", {"train": ["benchmarks/bench_train.py"], "quality":
+                                           ["benchmarks/bench_quality.py"],
+                                           "decode-peer": ["benchmarks/bench_decode_peer.py"]})
+    for which, want in (("all", ["benchmarks/bench_train.py", "benchmarks/bench_quality.py"]),
+                        ("decode-peer", ["benchmarks/bench_decode_peer.py"])):
+        ran.clear()
+        try:
+            bench.run(argparse.Namespace(which=which, no_record=True, passthrough=[]))
+        except Exception as e:  # the failed runs are reported at the end
+            assert "fail" in str(e).lower(), e
+        assert ran == want
