@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from raychat.model import gemm
+
 
 def _block(z: Tensor, y: Tensor, cap: float, inv_n: Tensor) -> tuple[Tensor, Tensor]:
     """One block: (summed loss over its valid rows, d loss / d z in z's dtype)."""
@@ -46,14 +48,17 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32 for fp32/bf16 activations, fp64 for fp64
         inv_n = 1.0 / (targets != -1).sum().to(acc)
         total = x.new_zeros((), dtype=acc)
-        dxs, dw = [], torch.zeros(w.shape, dtype=acc, device=w.device)
+        dxs, dwt = [], None  # dwt: the weight gradient transposed, (D, V): xc^T g has the short side as rows
         for s in range(0, x.size(0), chunk_rows):
             xc = x[s:s + chunk_rows]
-            loss, g = _block(xc @ w.T, targets[s:s + chunk_rows], cap, inv_n)
+            loss, g = _block(gemm.mm_nt(xc, w), targets[s:s + chunk_rows], cap, inv_n)
             total = total + loss
-            dxs.append(g @ w)
-            dw = torch.addmm(dw, g.T, xc) if g.dtype == acc else dw + (g.T @ xc).to(acc)
-        ctx.save_for_backward(torch.cat(dxs), dw.to(weight.dtype))
+            dxs.append(gemm.mm_nn(g, w))
+            part = gemm.mm_tn(xc, g).to(acc)
+            dwt = part if dwt is None else dwt.add_(part)
+        if dwt is None:  # no rows
+            dwt = torch.zeros(w.shape[::-1], dtype=acc, device=w.device)
+        ctx.save_for_backward(torch.cat(dxs) if dxs else torch.zeros_like(x), dwt.T.to(weight.dtype).contiguous())
         return total * inv_n
 
     @staticmethod

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from raychat.model import gemm
+
 # Polar Express degree-5 coefficients (a, b, c), one polynomial per iteration, each minimax-optimal for the
 # singular-value interval the previous one leaves (Amsel et al., arXiv:2505.16932). This set is the one nanochat
 # runs (computed for 5 iterations with a 2e-2 safety factor and cushion 2): the safety factor is built in, so a
@@ -87,13 +89,28 @@ def polar_express(G: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -
     if steps < 1:
         raise ValueError(f"polar_express needs at least one iteration, got {steps}")
     extra = max(0, steps - len(POLAR_EXPRESS_COEFFS))
-    for a, b, c in POLAR_EXPRESS_COEFFS[:steps] + (NEWTON_SCHULZ_QUINTIC,) * extra:
-        A = X @ X.mT                                    # (k, s, s), s = min(m, n)
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)     # b A + c A^2
-        X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)   # a X + B X  =  a X + b X^3 + c X^5
+    coeffs = POLAR_EXPRESS_COEFFS[:steps] + (NEWTON_SCHULZ_QUINTIC,) * extra
+    if gemm.bmm_onednn(X, X):
+        # products by oneDNN (model/gemm.py), one matrix at a time: its calls take 2-D operands, and per matrix
+        # the compiled step fuses each iteration's sums without stacking the stack's products
+        X = torch.stack([_polar_iterations_2d(x, coeffs) for x in X.unbind(0)])
+    else:
+        for a, b, c in coeffs:
+            A = X @ X.mT                                    # (k, s, s), s = min(m, n)
+            B = torch.baddbmm(A, A, A, beta=b, alpha=c)     # b A + c A^2
+            X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)   # a X + B X  =  a X + b X^3 + c X^5
     if tall:
         X = X.mT
     return X.reshape(*batch, m, n)
+
+
+def _polar_iterations_2d(X: Tensor, coeffs) -> Tensor:
+    """polar_express's iterations on one (s, l) matrix, s <= l, the products through model/gemm.py."""
+    for a, b, c in coeffs:
+        A = gemm.mm_nt(X, X)
+        B = b * A + c * gemm.mm_nn(A, A)
+        X = a * X + gemm.mm_nn(B, X)
+    return X
 
 
 def muon_lr_multiplier(shape: torch.Size | tuple[int, ...]) -> float:
