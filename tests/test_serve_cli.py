@@ -112,3 +112,21 @@ def test_enforce_eager_reaches_the_engine(tiny_run_dir, monkeypatch):
             assert seen[-1] is expected and svc.info()["cuda_graphs"] is False
         finally:
             svc.shutdown()
+
+
+def test_compile_decode_reaches_the_cpu_engine_only(tiny_run_dir):
+    """--compile-decode -> ServeConfig.compile_decode -> Engine(compile_decode=True) on a CPU replica; a GPU replica
+    ignores it (CUDA graphs are its compiled decode). Off by default: compiling costs start-up time."""
+    import argparse
+
+    from raychat.commands import serve as serve_cmd
+
+    p = argparse.ArgumentParser()
+    serve_cmd.add_arguments(p)
+    base = ["--run-dir", str(tiny_run_dir), "--stage", "sft"]
+    on = serve_cmd.config_from_args(p.parse_args([*base, "--compile-decode"]))
+    off = serve_cmd.config_from_args(p.parse_args(base))
+    assert on.compile_decode is True and off.compile_decode is False
+    assert on.engine_options("cpu")["compile_decode"] is True
+    assert on.engine_options("cuda")["compile_decode"] is False
+    assert off.engine_options("cpu")["compile_decode"] is False

@@ -1,6 +1,7 @@
 """Peak FLOPs and model-FLOPs utilisation (MFU), the nanochat way: model FLOPs per token x tokens per second /
 peak FLOPs. GPU peaks are the vendors' dense bf16 figures; on a CPU there is no datasheet number worth using, so
-the peak is measured: the best rate of a plain square fp32 matmul loop on this machine's threads."""
+the peak is measured: the sustained rate of a square fp32 matmul loop on this machine's threads, through the
+library the model's own products use (model/gemm.py: oneDNN where it beats the BLAS)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import functools
 import time
 
 import torch
+
+from raychat.model import gemm
 
 # dense bf16 tensor-core peaks per GPU (no sparsity)
 GPU_PEAK_BF16 = {
@@ -40,14 +43,13 @@ def measure_gemm_peak(device: str | torch.device = "cpu", dtype: torch.dtype = t
     device = torch.device(device)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    c = torch.empty(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.matmul(a, b, out=c)  # warm-up (thread pool, kernel selection)
+    gemm.mm_nn(a, b)  # warm-up (thread pool, kernel selection)
     sync()
     reps = 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        torch.matmul(a, b, out=c)
+        gemm.mm_nn(a, b)  # the library the model's fp32 CPU products use (model/gemm.py), torch's elsewhere
         sync()
         reps += 1
     return 2 * n**3 * reps / (time.perf_counter() - t0)
@@ -63,7 +65,8 @@ def peak_flops(device_type: str = "cpu", dtype: torch.dtype = torch.float32) -> 
             return peak, f"{name} datasheet dense bf16"
         return measure_gemm_peak("cuda", torch.bfloat16, n=8192), f"{name} measured bf16 GEMM"
     threads = torch.get_num_threads()
-    return measure_gemm_peak("cpu", dtype), f"measured fp32 GEMM, {threads} threads"
+    lib = gemm.cpu_gemm_backend() if dtype == torch.float32 else "aten"
+    return measure_gemm_peak("cpu", dtype), f"measured fp32 GEMM ({lib}), {threads} threads"
 
 
 def mfu(flops_per_token: float, tokens_per_second: float, peak: float, num_devices: int = 1) -> float:

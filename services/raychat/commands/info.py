@@ -22,12 +22,17 @@ def _version(pkg: str) -> str | None:
 def run(args):
     import torch
 
-    from raychat.common import code_version, detect_device
+    from raychat.common import RaychatError, code_version, detect_device
     from raychat.model.attention import select_backend
+    from raychat.model.gemm import cpu_gemm_choice
     from raychat.perf import peak_flops
 
     dev = detect_device()
     backend, why = select_backend(dev.device_type)
+    try:
+        gemm = cpu_gemm_choice()
+    except (ValueError, RuntimeError) as e:  # a bad or unusable RAYCHAT_CPU_GEMM
+        raise RaychatError(str(e)) from None
     info = {
         "raychat": code_version(),
         "python": platform.python_version(),
@@ -40,6 +45,8 @@ def run(args):
         "attention_reason": why,
         "cpu": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_gemm": gemm[0],
+        "cpu_gemm_reason": gemm[1],
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
     }
     if not args.no_gemm:

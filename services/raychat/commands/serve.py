@@ -70,6 +70,10 @@ def add_arguments(p):
     p.add_argument("--device", default=None, help="engine device override: cpu | cuda")
     p.add_argument("--enforce-eager", action="store_true",
                    help="decode without CUDA graphs on a GPU (as vLLM's flag; graphs are on by default there)")
+    p.add_argument("--compile-decode", action="store_true",
+                   help="CPU: compile the decode step (one graph per batch bucket) with torch.compile when a replica "
+                        "starts: batch-1 decode ~1.5x faster at d4, seconds to minutes more start-up "
+                        "(benchmarks/RESULTS.md, decode-peer); a GPU uses CUDA graphs instead")
     p.add_argument("--address", default=None,
                    help="Ray cluster address to join (e.g. auto); default: start a local Ray")
     p.add_argument("--drain-timeout", type=float, default=30.0,
@@ -119,7 +123,8 @@ def config_from_args(args):
                            autoscaling=autoscaling, api_key=args.api_key or os.environ.get("RAYCHAT_API_KEY"),
                            limits=Limits(**limits), max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
                            num_cpus=args.replica_cpus, num_gpus=args.num_gpus, device=args.device,
-                           enforce_eager=args.enforce_eager, kv_cache_memory=args.kv_cache_memory,
+                           enforce_eager=args.enforce_eager, compile_decode=args.compile_decode,
+                           kv_cache_memory=args.kv_cache_memory,
                            gpu_memory_utilization=args.gpu_memory_utilization,
                            prefill_chunk=args.prefill_chunk, prefix_caching=not args.no_prefix_caching,
                            stream_interval=args.stream_interval,

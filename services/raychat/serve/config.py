@@ -62,6 +62,7 @@ class ServeConfig:
     device: str | None = None            # engine device override (cpu/cuda); None = detect
     dtype: str | None = None             # engine dtype override; None = detect (bf16 on SM80+, fp32 on CPU)
     enforce_eager: bool = False          # decode without CUDA graphs on a GPU (vLLM's --enforce-eager)
+    compile_decode: bool = False         # CPU: decode steps compiled by torch.compile at start (ignored on a GPU)
     tool_timeout_s: float = 0.1          # deadline of one calculator call (a child process; killed beyond it)
     allowed_hosts: list[str] | None = None  # Host names answered (None = loopback + host without a key, else any)
     allowed_origins: list[str] = field(default_factory=list)  # other web origins whose pages may call this server
@@ -138,14 +139,15 @@ class ServeConfig:
             self.model_name = f"raychat-{self.stage}"
 
     def engine_options(self, device_type: str) -> dict:
-        """The Engine's KV-cache keyword arguments on a device of this type."""
+        """The Engine's keyword arguments (KV cache, prefill, compiled CPU decode) on a device of this type."""
         memory = {"kv_cache_memory": self.kv_cache_memory}
         if self.kv_cache_memory is None:
             memory = ({"gpu_memory_utilization": self.gpu_memory_utilization} if device_type == "cuda"
                       else {"kv_cache_memory": DEFAULT_CPU_KV_CACHE_MEMORY})
         default = DEFAULT_PREFILL_CHUNK.get(device_type, DEFAULT_PREFILL_CHUNK["cpu"])
         chunk = default if self.prefill_chunk is None else self.prefill_chunk
-        return {**memory, "prefix_caching": self.prefix_caching, "prefill_chunk": chunk or None}
+        return {**memory, "prefix_caching": self.prefix_caching, "prefill_chunk": chunk or None,
+                "compile_decode": self.compile_decode and device_type == "cpu"}
 
     @property
     def model_path(self) -> str:

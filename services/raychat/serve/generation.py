@@ -92,7 +92,8 @@ class ChatService:
         return {"model_name": self.model_name, "context": self.context, "vocab_size": cfg.vocab_size,
                 "n_layer": getattr(cfg, "n_layer", None), "max_batch_size": self.engine.max_batch_size,
                 "device": self.device, "checkpoint": self.meta.get("checkpoint_dir"), "step": self.meta.get("step"),
-                "cuda_graphs": self.engine.runner.graphed is not None}
+                "cuda_graphs": self.engine.runner.graphed is not None and self.engine.runner.device.type == "cuda",
+                "compiled_decode": self.engine.runner.graphed is not None and self.engine.runner.device.type == "cpu"}
 
     def stats(self) -> dict:
         s = self.aengine.stats()

@@ -243,6 +243,7 @@ class Harness:
     def __init__(self, cfg, ctx, job: str):
         from raychat.checkpoint import read_meta
         from raychat.model.attention import select_backend
+        from raychat.model.gemm import cpu_gemm_choice
 
         self.cfg, self.ctx, self.job = cfg, ctx, job
         self.rank, self.world = ctx.rank, ctx.world_size
@@ -252,7 +253,14 @@ class Harness:
         self.run_dir = Path(resolve_paths(cfg).run_dir)
         self.tokenizer = load_tokenizer(self.run_dir)
         attn, why = select_backend(self.dev.device_type)  # decided before any compile
-        print0(f"[{job}] {self.dev.describe()}; attention {attn} ({why}); world size {self.world}")
+        gemm = ""
+        if self.dev.device_type == "cpu":
+            try:
+                lib, gemm_why = cpu_gemm_choice()  # decided at this thread count, before any compile
+            except (ValueError, RuntimeError) as e:  # a bad or unusable RAYCHAT_CPU_GEMM
+                raise RaychatError(str(e)) from None
+            gemm = f"; fp32 GEMM {lib} ({gemm_why})"
+        print0(f"[{job}] {self.dev.describe()}; attention {attn} ({why}){gemm}; world size {self.world}")
         torch.manual_seed(cfg.seed)
         self.ckpt_root = self.run_dir / "checkpoints" / STAGES[job][1]
         self.resume_dir = ctx.resume_dir()
