@@ -119,7 +119,7 @@ def test_auto_takes_onednn_only_when_clearly_faster(monkeypatch):
     for aten_s, dnnl_s, want in [(6.4e-3, 2.9e-3, "onednn"), (3.0e-3, 2.8e-3, "aten"), (2.0e-3, 3.0e-3, "aten")]:
         monkeypatch.setattr(gemm, "_CHOSEN", {})
         timings = iter([aten_s, dnnl_s, aten_s, dnnl_s])
-        monkeypatch.setattr(gemm, "_best_of", lambda fn, rounds=7: next(timings))
+        monkeypatch.setattr(gemm, "_best_of", lambda fn, rounds=7, t=timings: next(t))
         choice, why = gemm.cpu_gemm_choice()
         assert choice == want
         assert f"{dnnl_s * 1e3:.2f} ms with oneDNN" in why and f"{aten_s * 1e3:.2f} ms" in why

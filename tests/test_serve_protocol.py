@@ -199,10 +199,13 @@ def test_serve_config_validation(monkeypatch, tmp_path):
     assert auto.autoscaling == {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": auto.max_batch_size}
     assert "sekret" not in ServeConfig(run_dir="x", api_key="sekret").to_json()
     # engine options per device: the KV budget (bytes on CPU, a share of the GPU) and the prefill chunk
-    assert cfg.engine_options("cpu") == {"kv_cache_memory": 2 * 2**30, "prefix_caching": True, "prefill_chunk": 16}
-    assert cfg.engine_options("cuda") == {"gpu_memory_utilization": 0.9, "prefix_caching": True, "prefill_chunk": 512}
+    assert cfg.engine_options("cpu") == {"kv_cache_memory": 2 * 2**30, "prefix_caching": True, "prefill_chunk": 16,
+                                        "compile_decode": False}
+    assert cfg.engine_options("cuda") == {"gpu_memory_utilization": 0.9, "prefix_caching": True, "prefill_chunk": 512,
+                                         "compile_decode": False}
     off = ServeConfig(run_dir="x", kv_cache_memory=2**20, prefill_chunk=0, prefix_caching=False)
-    assert off.engine_options("cuda") == {"kv_cache_memory": 2**20, "prefix_caching": False, "prefill_chunk": None}
+    assert off.engine_options("cuda") == {"kv_cache_memory": 2**20, "prefix_caching": False, "prefill_chunk": None,
+                                          "compile_decode": False}
     # serve run key=value args arrive as strings; the key may come from the environment
     monkeypatch.setenv("RAYCHAT_API_KEY", "from-env")
     c = ServeConfig.from_dict({"run_dir": "x", "port": "8001", "max_batch_size": "4", "num_cpus": "0.5",
