@@ -151,10 +151,21 @@ def compiled_capture(fn, device, pool):
     small model that dispatch is over half a step (d4, 1 thread: ~2.0 ms eager, of which the weights' 27 GEMVs
     are ~0.85 ms; ~1.3 ms compiled): see benchmarks/bench_decode_peer.py. The C++ wrapper matters: inductor's
     default Python wrapper kept ~0.3 ms of per-kernel Python per step. Each bucket compiles once (a few seconds
-    with inductor's on-disk cache warm, tens of seconds cold); `replay` reruns it into the same output buffer."""
+    with inductor's on-disk cache warm, tens of seconds cold); `replay` reruns it into the same output buffer.
+
+    A replay skips dynamo's guard evaluation (`set_stance(skip_guard_eval_unsafe=True)`: only the guards that tell
+    the buckets' graphs apart run). A replay's inputs are the same tensors every time (the captured token ids, the
+    cache's fixed buffers), so the full guards can only pass; evaluating them was ~0.25 ms of a ~2.2 ms batch-1
+    step at d4."""
     step = torch.compile(fn, dynamic=False, options={"cpp_wrapper": True})
     out = step()
-    return (lambda: out.copy_(step())), out
+    step()  # a second call under the full guards: any recompile happens here, not under the skipped guards
+
+    def replay():
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            return out.copy_(step())
+
+    return replay, out
 
 
 class GraphedDecode:
