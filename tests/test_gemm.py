@@ -156,3 +156,27 @@ def test_info_reports_the_choice_and_refuses_a_bad_one(monkeypatch, capsys):
     assert main(["info", "--no-gemm"]) == 2
     err = capsys.readouterr().err
     assert "RAYCHAT_CPU_GEMM='mkl': expected one of auto, onednn, aten" in err and "Traceback" not in err
+
+
+def test_bench_gemm_table(monkeypatch, capsys):
+    """benchmarks/bench_gemm.py: every shape timed both ways, oneDNN's result within fp32 round-off of float64, and
+    the 'raychat uses' column follows MIN_WORK (the race's products oneDNN, the decode GEMVs torch's BLAS)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.setenv("RAYCHAT_CPU_GEMM", "onednn")
+    monkeypatch.setattr(gemm, "_CHOSEN", {})
+    import bench_gemm
+
+    threads = torch.get_num_threads()
+    try:
+        rows = bench_gemm.main(["--repeats", "1", "--seconds", "0.001", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert len(rows) == len(bench_gemm.SHAPES)
+    for r in rows:
+        assert r["blas_ms"] > 0 and r["onednn_ms"] > 0 and r["rel_err"] < 1e-5, r
+        assert r["used"] == ("oneDNN" if r["m"] * r["p"] * r["n"] >= gemm.MIN_WORK else "BLAS"), r
+    assert {r["used"] for r in rows if r["product"].startswith("decode")} == {"BLAS"}
+    out = capsys.readouterr().out
+    assert "raychat's choice: onednn (RAYCHAT_CPU_GEMM=onednn)" in out and out.count("\n| ") == len(rows) + 1

@@ -1,4 +1,4 @@
-"""`raychat bench train|engine|loader|core|muon|optim|serve|all`: run the benchmarks in benchmarks/ and record their
+"""`raychat bench train|engine|loader|core|muon|optim|gemm|serve|quality|decode-peer|all`: run the benchmarks in benchmarks/ and record their
 tables in <out>/RESULTS.md (one section per benchmark, replaced on each run, with the exact command, machine,
 load average, date and commit) and the raw output in <out>/results/<name>.txt.
 
@@ -10,6 +10,7 @@ $RAYCHAT_HOME/bench (inside the image the install folder belongs to root; the ho
     raychat bench serve                  # 32 concurrent WebSocket clients against a local Ray Serve app
     raychat bench quality                # the d4 quality race: val bpb at equal tokens, training tokens/s
     raychat bench optim                  # MuonAdamW.step() ms, eager vs compiled, at the race's d4 and d8
+    raychat bench gemm                   # fp32 products: torch's BLAS vs oneDNN at the race's and decode's shapes
     raychat bench decode-peer            # greedy decode tok/s vs nanochat's Engine on one checkpoint
     raychat bench all                    # everything above but decode-peer (and loader, core, muon)
     raychat bench train -- --steps 20    # extra arguments after -- go to the benchmark script
@@ -34,6 +35,7 @@ BENCHES = {
     "core": ["benchmarks/bench_core.py"],
     "muon": ["benchmarks/bench_muon.py"],
     "optim": ["benchmarks/bench_optim.py"],
+    "gemm": ["benchmarks/bench_gemm.py"],
     "serve": ["benchmarks/bench_serve.py"],
     "quality": ["benchmarks/bench_quality.py"],
     "decode-peer": ["benchmarks/bench_decode_peer.py"],
