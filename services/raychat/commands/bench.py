@@ -1,4 +1,5 @@
-"""`raychat bench train|engine|loader|core|muon|optim|gemm|serve|quality|decode-peer|all`: run the benchmarks in benchmarks/ and record their
+"""`raychat bench NAME|all` (NAME: train, engine, loader, core, muon, optim, gemm, serve, quality, decode-peer):
+run the benchmarks in benchmarks/ and record their
 tables in <out>/RESULTS.md (one section per benchmark, replaced on each run, with the exact command, machine,
 load average, date and commit) and the raw output in <out>/results/<name>.txt.
 
