@@ -3,7 +3,7 @@
 torch's x86 wheels send every fp32 `mm`/`bmm`/`linear` to MKL's sgemm. On AMD CPUs MKL runs its AVX2 kernels even
 where the CPU has AVX-512 (it dispatches on the vendor), so it reaches half the machine's fp32 rate; oneDNN, which
 torch also ships, dispatches on the CPU's features. Measured on the project's 2-core AMD EPYC (AVX-512, 2 threads,
-`python benchmarks/bench_gemm.py`): a (2048 x 256) x (256 x 1024) product 6.4 ms with MKL, 2.9 ms with oneDNN, the
+`raychat bench gemm`, 2026-12-08): a (2048 x 256) x (256 x 1024) product 6.5 ms with MKL, 3.1 ms with oneDNN, the
 same IEEE fp32 arithmetic (no bf16/tf32 math mode: results agree with float64 to fp32 round-off, tested).
 
 `cpu_gemm_backend()` decides once per process: RAYCHAT_CPU_GEMM=onednn|aten forces one, `auto` (the default) times
