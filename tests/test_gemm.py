@@ -108,10 +108,67 @@ def test_polar_express_per_matrix_equals_batched(monkeypatch):
         monkeypatch.setenv("RAYCHAT_CPU_GEMM", choice)
         monkeypatch.setattr(gemm, "_CHOSEN", {})
         outs[choice] = polar_express(G)
-    assert gemm.bmm_onednn(G, G)
+    assert gemm.uses_onednn(G, G, 256 * 256 * 512)
     ref = polar_express(G.double())  # float64, torch's batched products
     for out in outs.values():
         assert (out.double() - ref).abs().max().item() < 1e-4
+
+
+def test_a_model_training_step_goes_through_onednn_and_matches_the_blas(monkeypatch, calls):
+    """The wiring: GPT's Linear layers (forward and backward), the chunked CPU head and Polar Express inside
+    MuonAdamW all reach oneDNN when it is chosen, and the step's loss and updated weights match the BLAS path."""
+    from raychat.model import GPT, GPTConfig
+    from raychat.optim import build_optimizer
+
+    cfg = GPTConfig(sequence_len=64, vocab_size=1024, n_layer=2, n_head=2, n_kv_head=2, n_embd=128)
+    idx = torch.randint(0, 1024, (4, 64), generator=torch.Generator().manual_seed(11))
+    results = {}
+    for choice in ("aten", "onednn"):
+        monkeypatch.setenv("RAYCHAT_CPU_GEMM", choice)
+        monkeypatch.setattr(gemm, "_CHOSEN", {})
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            model = GPT(cfg)
+        model.to_empty(device="cpu")
+        model.init_weights()
+        with torch.no_grad():  # the output projections start at 0; give every product a non-trivial operand
+            for b in model.blocks:
+                b.attn.c_proj.weight.normal_(0, 0.02)
+                b.mlp.c_proj.weight.normal_(0, 0.02)
+        opt = build_optimizer(model)
+        calls.clear()
+        loss = model(idx[:, :-1].contiguous(), idx[:, 1:].contiguous())
+        forward_calls = len(calls)
+        loss.backward()
+        backward_calls = len(calls) - forward_calls
+        grads = [model.lm_head.weight.grad.clone(), model.blocks[1].mlp.c_fc.weight.grad.clone()]
+        opt.step()
+        optim_calls = len(calls) - forward_calls - backward_calls
+        results[choice] = (loss.item(), model.blocks[0].mlp.c_fc.weight.detach().clone(),
+                           (forward_calls, backward_calls, optim_calls), grads)
+    assert results["aten"][2] == (0, 0, 0)
+    fwd, bwd, opt_calls = results["onednn"][2]
+    # 252 rows (4 x 63 tokens); oneDNN from MIN_WORK = 2^22 multiply-adds on:
+    # forward 7: per layer mlp fc and proj (252x128x512); q/k/v/proj (252x128x128 = 4.13M) stay below; the head's
+    #   one 252-row block: logits, dX and dW^T (252x128x1024), computed in forward;
+    # backward 8: dX and dW of the 2 x 2 MLP linears;
+    # optimizer 40: Polar Express on the 4 MLP matrices (128x512 after transposing), 5 iterations, X X^T and B X
+    #   (128x128x512) each; A A (128^3 = 2.1M) stays below, as do the 128x128 attention matrices
+    assert (fwd, bwd, opt_calls) == (7, 8, 40), results["onednn"][2]
+    assert abs(results["onednn"][0] - results["aten"][0]) < 1e-5
+    assert torch.allclose(results["onednn"][1], results["aten"][1], rtol=1e-4, atol=1e-6)
+    for got, want in zip(results["onednn"][3], results["aten"][3]):  # the head's (D, V) vs (V, D) accumulation
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7), (got - want).abs().max()
+
+
+def test_load_model_refuses_a_bad_choice_in_one_line(monkeypatch, tiny_run_dir):
+    from raychat.checkpoint import load_model
+    from raychat.common import RaychatError
+
+    monkeypatch.setenv("RAYCHAT_CPU_GEMM", "mkl")
+    monkeypatch.setattr(gemm, "_CHOSEN", {})
+    with pytest.raises(RaychatError, match="RAYCHAT_CPU_GEMM='mkl': expected one of auto, onednn, aten"):
+        load_model(tiny_run_dir, stage="base", device="cpu")
 
 
 def test_auto_takes_onednn_only_when_clearly_faster(monkeypatch):

@@ -242,6 +242,10 @@ def load_model(path: str | os.PathLike, stage: str = "base", step: int | None = 
 
     info = detect_device(str(device) if device is not None else None,
                          str(dtype).removeprefix("torch.") if dtype is not None else None)
+    if info.device.type == "cpu":
+        from raychat.model.gemm import cpu_gemm_choice
+
+        cpu_gemm_choice(RaychatError)  # a bad RAYCHAT_CPU_GEMM ends chat/serve/eval here, not inside a forward
     ckpt = resolve_checkpoint(path, stage, step)
     meta = read_meta(ckpt)
     if "model_config" not in meta:

@@ -7,9 +7,11 @@ torch also ships, dispatches on the CPU's features. Measured on the project's 2-
 same IEEE fp32 arithmetic (no bf16/tf32 math mode: results agree with float64 to fp32 round-off, tested).
 
 `cpu_gemm_backend()` decides once per process: RAYCHAT_CPU_GEMM=onednn|aten forces one, `auto` (the default) times
-a training-sized product both ways and takes oneDNN only when it is 15% faster (on an Intel CPU, where MKL has its
-AVX-512 kernels, the two are close and nothing changes). Products smaller than MIN_WORK multiply-adds stay with
-aten whatever the choice: a oneDNN call costs ~20 us of set-up, more than a small GEMV takes (decode steps).
+a training-sized product both ways and takes oneDNN only when it is 15% faster (where MKL runs its AVX-512 kernels,
+as on Intel CPUs, the gap should close and auto keeps MKL; not yet measured on such a CPU). Products smaller than
+MIN_WORK multiply-adds stay with aten whatever the choice: a oneDNN call has a fixed cost of 10-20 us, more than a
+small GEMV takes (decode steps; `raychat bench gemm`: a 1 x 256 x 1024 GEMV 0.021 ms with MKL, 0.034 ms with
+oneDNN).
 
 The products are a custom op (`raychat::onednn_mm_nt`), so torch.compile keeps them as calls (inductor's own
 lowering of the oneDNN linear wants frozen, constant weights) and fuses the elementwise work around them.
@@ -79,13 +81,19 @@ def _choose(requested: str) -> tuple[str, str]:
                     f"{t_aten * 1e3:.2f} ms with torch's BLAS ({torch.get_num_threads()} threads)")
 
 
-def cpu_gemm_choice() -> tuple[str, str]:
+def cpu_gemm_choice(error: type[Exception] | None = None) -> tuple[str, str]:
     """('onednn' | 'aten', why): which library runs this process's fp32 CPU products, decided on the first call
-    (timed at the thread count in force then) and kept. Raises ValueError / RuntimeError for a bad or unusable
-    RAYCHAT_CPU_GEMM."""
+    (timed at the thread count in force then) and kept. A bad or unusable RAYCHAT_CPU_GEMM raises ValueError /
+    RuntimeError, or `error` with the same message (callers above pass their user-error class, so a command ends
+    on one line: the training harness, `raychat info` and checkpoint loading decide here, before any forward)."""
     requested = os.environ.get("RAYCHAT_CPU_GEMM", "auto").strip().lower() or "auto"
     if requested not in _CHOSEN:
-        _CHOSEN[requested] = _choose(requested)
+        try:
+            _CHOSEN[requested] = _choose(requested)
+        except (ValueError, RuntimeError) as e:
+            if error is None:
+                raise
+            raise error(str(e)) from None
     return _CHOSEN[requested]
 
 
@@ -95,21 +103,23 @@ def cpu_gemm_backend() -> str:
     return cpu_gemm_choice()[0]
 
 
-def _onednn(a: Tensor, b: Tensor, work: int) -> bool:
+def uses_onednn(a: Tensor, b: Tensor, work: int) -> bool:
+    """Does a product of operands like a and b, of `work` multiply-adds, go to oneDNN? (For callers that pick a
+    layout or a fused torch op by the answer: Polar Express, the chunked head.)"""
     return (work >= MIN_WORK and a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32
             and b.device.type == "cpu" and cpu_gemm_backend() == "onednn")
 
 
 def mm_nt(a: Tensor, b: Tensor) -> Tensor:
     """a @ b.T for 2-D a (m, p) and b (n, p)."""
-    if _onednn(a, b, a.shape[0] * b.shape[0] * a.shape[1]):
+    if uses_onednn(a, b, a.shape[0] * b.shape[0] * a.shape[1]):
         return _onednn_mm_nt(a, b)
     return a @ b.T
 
 
 def mm_nn(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for 2-D a (m, p) and b (p, n)."""
-    if _onednn(a, b, a.shape[0] * b.shape[1] * a.shape[1]):
+    if uses_onednn(a, b, a.shape[0] * b.shape[1] * a.shape[1]):
         return _onednn_mm_nt(a, b.T)
     return a @ b
 
@@ -117,19 +127,13 @@ def mm_nn(a: Tensor, b: Tensor) -> Tensor:
 def mm_tn(a: Tensor, b: Tensor) -> Tensor:
     """a.T @ b for 2-D a (p, m) and b (p, n) (a weight gradient: activations' sum over rows). oneDNN is fastest
     with the smaller side as the product's rows, so for m > n it computes (b.T @ a).T and returns that view."""
-    if _onednn(a, b, a.shape[1] * b.shape[1] * a.shape[0]):
+    if uses_onednn(a, b, a.shape[1] * b.shape[1] * a.shape[0]):
         # oneDNN reads its first operand in rows; a transposed one is copied (here, so a compiled graph can
         # write it from the kernel that produces it instead of an extra strided pass)
         if a.shape[1] > b.shape[1]:
             return _onednn_mm_nt(b.T.contiguous(), a.T).T
         return _onednn_mm_nt(a.T.contiguous(), b.T)
     return a.T @ b
-
-
-def bmm_onednn(a: Tensor, b: Tensor) -> bool:
-    """Would a @ b.mT of stacks a (k, m, p), b (k, n, p) go to oneDNN, matrix by matrix through mm_nt? (Polar
-    Express asks: it keeps torch's batched baddbmm otherwise.)"""
-    return _onednn(a, b, a.shape[1] * b.shape[1] * a.shape[2])
 
 
 class _Linear(torch.autograd.Function):
@@ -149,6 +153,6 @@ class _Linear(torch.autograd.Function):
 def linear(x: Tensor, w: Tensor) -> Tensor:
     """F.linear(x, w) without bias, x (..., in), w (out, in); through oneDNN (with its backward) where chosen."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if not _onednn(x, w, rows * w.shape[0] * w.shape[1]):
+    if not uses_onednn(x, w, rows * w.shape[0] * w.shape[1]):
         return F.linear(x, w)
     return _Linear.apply(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])

@@ -48,17 +48,23 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32 for fp32/bf16 activations, fp64 for fp64
         inv_n = 1.0 / (targets != -1).sum().to(acc)
         total = x.new_zeros((), dtype=acc)
-        dxs, dwt = [], None  # dwt: the weight gradient transposed, (D, V): xc^T g has the short side as rows
+        # the weight gradient accumulates as (D, V) = sum xc^T g where oneDNN runs the products (it is fastest with
+        # the short side as rows), else as (V, D) in one fused addmm per block (torch's BLAS)
+        rows = min(chunk_rows, x.size(0))
+        transposed = gemm.uses_onednn(x, w, rows * w.shape[0] * w.shape[1])
+        dxs = []
+        dw = torch.zeros(w.shape[::-1] if transposed else w.shape, dtype=acc, device=w.device)
         for s in range(0, x.size(0), chunk_rows):
             xc = x[s:s + chunk_rows]
             loss, g = _block(gemm.mm_nt(xc, w), targets[s:s + chunk_rows], cap, inv_n)
             total = total + loss
             dxs.append(gemm.mm_nn(g, w))
-            part = gemm.mm_tn(xc, g).to(acc)
-            dwt = part if dwt is None else dwt.add_(part)
-        if dwt is None:  # no rows
-            dwt = torch.zeros(w.shape[::-1], dtype=acc, device=w.device)
-        ctx.save_for_backward(torch.cat(dxs) if dxs else torch.zeros_like(x), dwt.T.to(weight.dtype).contiguous())
+            if transposed:
+                dw.add_(gemm.mm_tn(xc, g).to(acc))
+            else:
+                dw = torch.addmm(dw, g.T, xc) if g.dtype == acc else dw + (g.T @ xc).to(acc)
+        dw = dw.T.contiguous() if transposed else dw
+        ctx.save_for_backward(torch.cat(dxs) if dxs else torch.zeros_like(x), dw.to(weight.dtype))
         return total * inv_n
 
     @staticmethod

@@ -90,7 +90,7 @@ def polar_express(G: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -
         raise ValueError(f"polar_express needs at least one iteration, got {steps}")
     extra = max(0, steps - len(POLAR_EXPRESS_COEFFS))
     coeffs = POLAR_EXPRESS_COEFFS[:steps] + (NEWTON_SCHULZ_QUINTIC,) * extra
-    if gemm.bmm_onednn(X, X):
+    if gemm.uses_onednn(X, X, X.shape[-2] ** 2 * X.shape[-1]):  # the per-matrix X X^T, (s, s) from (s, l)
         # products by oneDNN (model/gemm.py), one matrix at a time: its calls take 2-D operands, and per matrix
         # the compiled step fuses each iteration's sums without stacking the stack's products
         X = torch.stack([_polar_iterations_2d(x, coeffs) for x in X.unbind(0)])

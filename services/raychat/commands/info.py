@@ -29,10 +29,7 @@ def run(args):
 
     dev = detect_device()
     backend, why = select_backend(dev.device_type)
-    try:
-        gemm = cpu_gemm_choice()
-    except (ValueError, RuntimeError) as e:  # a bad or unusable RAYCHAT_CPU_GEMM
-        raise RaychatError(str(e)) from None
+    gemm = cpu_gemm_choice(RaychatError)
     info = {
         "raychat": code_version(),
         "python": platform.python_version(),

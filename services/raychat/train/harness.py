@@ -255,10 +255,7 @@ class Harness:
         attn, why = select_backend(self.dev.device_type)  # decided before any compile
         gemm = ""
         if self.dev.device_type == "cpu":
-            try:
-                lib, gemm_why = cpu_gemm_choice()  # decided at this thread count, before any compile
-            except (ValueError, RuntimeError) as e:  # a bad or unusable RAYCHAT_CPU_GEMM
-                raise RaychatError(str(e)) from None
+            lib, gemm_why = cpu_gemm_choice(RaychatError)  # decided at this thread count, before any compile
             gemm = f"; fp32 GEMM {lib} ({gemm_why})"
         print0(f"[{job}] {self.dev.describe()}; attention {attn} ({why}){gemm}; world size {self.world}")
         torch.manual_seed(cfg.seed)
