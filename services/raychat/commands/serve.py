@@ -72,8 +72,8 @@ def add_arguments(p):
                    help="decode without CUDA graphs on a GPU (as vLLM's flag; graphs are on by default there)")
     p.add_argument("--compile-decode", action="store_true",
                    help="CPU: compile the decode step (one graph per batch bucket) with torch.compile when a replica "
-                        "starts: batch-1 decode ~1.5x faster at d4, seconds to minutes more start-up "
-                        "(benchmarks/RESULTS.md, decode-peer); a GPU uses CUDA graphs instead")
+                        "starts: batch-1 decode at d4 1.3-1.8x nanochat's in three runs, seconds to minutes more "
+                        "start-up (benchmarks/RESULTS.md, decode-peer); a GPU uses CUDA graphs instead")
     p.add_argument("--address", default=None,
                    help="Ray cluster address to join (e.g. auto); default: start a local Ray")
     p.add_argument("--drain-timeout", type=float, default=30.0,
